@@ -1,0 +1,42 @@
+"""Lip-sync stage: re-time the mouths to the dub, or record why it was skipped."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from temporalio import activity
+
+from activities._base import scratch, stage_activity
+from dubcore.contracts import LipSyncInput, LipSyncResult
+from dubcore.settings import Settings
+from dubcore.storage import ObjectStore
+from engines.lipsync import LipSyncEngine, NoLipSync, Wav2LipEngine
+
+
+class LipSyncActivities:
+    def __init__(self, store: ObjectStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+
+    @cached_property
+    def _engine(self) -> LipSyncEngine:
+        s = self._settings
+        if s.lipsync_engine == "wav2lip" and s.wav2lip_checkpoint is not None:
+            return Wav2LipEngine(s.wav2lip_checkpoint, s.device)
+        return NoLipSync("no lip-sync engine is configured on this deployment "
+                         "(DUB_LIPSYNC_ENGINE=none); the original video is kept")
+
+    @activity.defn(name="lipsync_video")
+    @stage_activity
+    def lipsync_video(self, inp: LipSyncInput) -> LipSyncResult:
+        if not inp.enabled:
+            return LipSyncResult(skipped=True, reason="lip-sync was not requested for this job")
+        engine = self._engine
+        with self._store.local_path(inp.source_key) as video, \
+                self._store.local_path(inp.dub_key) as speech, scratch() as tmp:
+            outcome = engine.sync(video, speech, tmp / "lipsync.mp4")
+            if outcome.skipped or outcome.video_path is None:
+                return LipSyncResult(skipped=True, reason=outcome.reason, engine=engine.name)
+            key = f"{inp.prefix}/lipsync.mp4"
+            self._store.put_file(key, outcome.video_path, "video/mp4")
+        return LipSyncResult(skipped=False, video_key=key, engine=engine.name)

@@ -1,0 +1,18 @@
+"""Run the API: ``python -m api`` (host and port from DUB_API_HOST / DUB_API_PORT)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from api.app import create_app
+from dubcore.settings import get_settings
+
+
+def main() -> None:
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
+                log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""One error tree for the whole service (stdlib only: workflows import it).
+
+    DubbingError
+    ├── BadInputError                 the user must change something; never retried
+    │   ├── UnsupportedMediaError     wrong type, no audio stream, unreadable container
+    │   ├── CorruptMediaError         the container opens but decoding fails
+    │   ├── MediaTooLongError         over the configured maximum duration
+    │   ├── UnsupportedLanguageError  no engine serves this language (pair)
+    │   ├── NoSpeechError             nothing to dub: no speech was found
+    │   ├── InvalidScriptError        a supplied script / transcript cannot be used
+    │   └── UploadTooLargeError       more bytes than declared or allowed
+    ├── NotFoundError                 an object or job that does not exist
+    ├── ConflictError                 the request does not fit the job's current state
+    ├── ConfigurationError            the deployment is misconfigured (missing weights...)
+    ├── EngineError                   an engine failed on valid input: transient, retried
+    └── StorageError                  the object store failed: transient, retried
+
+Activities map these to Temporal `ApplicationError`s in one place
+(`activities/_base.py`); `NON_RETRYABLE_ERROR_TYPES` is what retry policies list.
+The API maps them to `{"error", "message"}` responses in one place (`api/errors.py`).
+"""
+
+from __future__ import annotations
+
+
+class DubbingError(Exception):
+    """Base of every error this service raises on purpose."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+
+class BadInputError(DubbingError):
+    retryable = False
+
+
+class UnsupportedMediaError(BadInputError):
+    pass
+
+
+class CorruptMediaError(BadInputError):
+    pass
+
+
+class MediaTooLongError(BadInputError):
+    pass
+
+
+class UnsupportedLanguageError(BadInputError):
+    pass
+
+
+class NoSpeechError(BadInputError):
+    pass
+
+
+class InvalidScriptError(BadInputError):
+    pass
+
+
+class UploadTooLargeError(BadInputError):
+    pass
+
+
+class NotFoundError(DubbingError):
+    retryable = False
+
+
+class ConflictError(DubbingError):
+    retryable = False
+
+
+class ConfigurationError(DubbingError):
+    retryable = False
+
+
+class EngineError(DubbingError):
+    retryable = True
+
+
+class StorageError(DubbingError):
+    retryable = True
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out: list[type] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+#: Class names Temporal must never retry (retry policies match on the type name).
+NON_RETRYABLE_ERROR_TYPES: list[str] = sorted(
+    c.__name__ for c in [DubbingError, *_all_subclasses(DubbingError)] if not c.retryable
+)

@@ -1,0 +1,167 @@
+"""Media engine (PyAV): probe, decode, time-stretch, mux. PyAV bundles FFmpeg's libraries."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from dubcore.errors import CorruptMediaError, UnsupportedMediaError
+
+log = logging.getLogger(__name__)
+
+#: Containers whose video stream we can copy into MP4 untouched.
+MP4_COPYABLE_VIDEO = frozenset({"h264", "hevc", "mpeg4", "av1", "vp9"})
+OUTPUT_AUDIO_RATE_HZ = 48_000
+OUTPUT_AUDIO_BITRATE = 192_000
+
+
+@dataclass
+class MediaInfo:
+    duration_ms: int
+    has_video: bool
+    sample_rate_hz: int
+    channels: int
+    video_codec: str | None = None
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except (av.error.InvalidDataError, av.error.ValueError) as e:
+        raise UnsupportedMediaError(
+            "the file is not a media container we can read (is it a video?)") from e
+    except av.error.FFmpegError as e:
+        raise UnsupportedMediaError(f"cannot open media: {e}") from e
+
+
+def probe(path: Path) -> MediaInfo:
+    with _open(path) as c:
+        if not c.streams.audio:
+            raise UnsupportedMediaError("the media has no audio track, so there is nothing to dub")
+        audio = c.streams.audio[0]
+        video = c.streams.video[0] if c.streams.video else None
+        if c.duration is not None:
+            duration_s = c.duration / av.time_base
+        elif audio.duration is not None and audio.time_base is not None:
+            duration_s = float(audio.duration * audio.time_base)
+        else:
+            raise CorruptMediaError("the media does not declare a duration")
+        if duration_s <= 0:
+            raise CorruptMediaError("the media has zero duration")
+        info = MediaInfo(duration_ms=round(duration_s * 1000), has_video=video is not None,
+                         sample_rate_hz=audio.codec_context.sample_rate or 0,
+                         channels=audio.codec_context.channels or 0)
+        if video is not None:
+            info.video_codec = video.codec_context.name
+            info.width, info.height = video.codec_context.width, video.codec_context.height
+            rate = video.average_rate or video.base_rate
+            info.fps = float(rate) if rate else 0.0
+        return info
+
+
+def decode_audio(path: Path, rate_hz: int, channels: int) -> np.ndarray:
+    """Decode the first audio stream, resampled to ``rate_hz`` with 1 or 2 channels.
+
+    Returns float32 (channels, samples)."""
+    layout = "mono" if channels == 1 else "stereo"
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate_hz)
+    chunks: list[np.ndarray] = []
+    try:
+        with _open(path) as c:
+            stream = c.streams.audio[0]
+            for frame in c.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray())
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray())
+    except av.error.FFmpegError as e:
+        raise CorruptMediaError(f"the audio track could not be decoded: {e}") from e
+    if not chunks:
+        raise CorruptMediaError("the audio track holds no decodable samples")
+    return np.concatenate(chunks, axis=1).astype(np.float32)
+
+
+def time_stretch(audio: np.ndarray, rate_hz: int, speed: float) -> np.ndarray:
+    """Make mono ``audio`` ``speed`` times faster without changing pitch (FFmpeg atempo)."""
+    if abs(speed - 1.0) < 1e-3:
+        return audio
+    graph = av.filter.Graph()
+    src = graph.add_abuffer(format="flt", sample_rate=rate_hz, layout="mono",
+                            time_base=Fraction(1, rate_hz))
+    tempo = graph.add("atempo", f"{speed:.5f}")
+    sink = graph.add("abuffersink")
+    src.link_to(tempo)
+    tempo.link_to(sink)
+    graph.configure()
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio.reshape(1, -1),
+                                                            dtype=np.float32),
+                                       format="flt", layout="mono")
+    frame.sample_rate = rate_hz
+    frame.pts = 0
+    frame.time_base = Fraction(1, rate_hz)
+    graph.push(frame)
+    graph.push(None)
+    out: list[np.ndarray] = []
+    while True:
+        try:
+            f = graph.pull()
+        except (av.error.BlockingIOError, av.error.EOFError):
+            break
+        out.append(f.to_ndarray().reshape(-1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def mux(source: Path, audio: np.ndarray, audio_rate_hz: int, output: Path,
+        video_source: Path | None = None) -> bool:
+    """Write an MP4: the video of ``video_source`` (default ``source``) plus ``audio``.
+
+    The video stream is copied when MP4 can carry it, else re-encoded with H.264 at the same
+    resolution and frame rate. Returns True when the video was copied."""
+    video_path = video_source or source
+    with _open(video_path) as inp, av.open(str(output), mode="w", format="mp4") as out:
+        vin = inp.streams.video[0] if inp.streams.video else None
+        copied = vin is not None and vin.codec_context.name in MP4_COPYABLE_VIDEO
+        vout = None
+        if vin is not None and copied:
+            vout = out.add_stream_from_template(vin)
+        elif vin is not None:
+            rate = vin.average_rate or Fraction(25)
+            vout = out.add_stream("libx264", rate=rate)
+            vout.width, vout.height = vin.codec_context.width, vin.codec_context.height
+            vout.pix_fmt = "yuv420p"
+        aout = out.add_stream("aac", rate=audio_rate_hz)
+        aout.layout = "stereo" if audio.shape[0] == 2 else "mono"
+        aout.bit_rate = OUTPUT_AUDIO_BITRATE
+
+        if vin is not None and vout is not None:
+            if copied:
+                for packet in inp.demux(vin):
+                    if packet.dts is None:
+                        continue
+                    packet.stream = vout
+                    out.mux(packet)
+            else:
+                for frame in inp.decode(vin):
+                    out.mux(vout.encode(frame))
+                out.mux(vout.encode(None))
+
+        layout = "stereo" if audio.shape[0] == 2 else "mono"
+        block = 1024 * 32
+        for start in range(0, audio.shape[1], block):
+            chunk = np.ascontiguousarray(audio[:, start:start + block], dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            frame.sample_rate = audio_rate_hz
+            frame.pts = start
+            frame.time_base = Fraction(1, audio_rate_hz)
+            out.mux(aout.encode(frame))
+        out.mux(aout.encode(None))
+    return copied

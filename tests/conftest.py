@@ -1,0 +1,56 @@
+"""Shared fixtures: Temporal servers from PyPI packages (no downloads), sample media."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.common import SearchAttributeKey
+from temporalio.testing import WorkflowEnvironment
+
+from dubcore.contracts import SEARCH_ATTRIBUTES
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SAMPLE = ROOT / "samples" / "two_speakers_en.mp4"
+
+_INDEXED = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+            "Double": IndexedValueType.INDEXED_VALUE_TYPE_DOUBLE,
+            "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+            "Text": IndexedValueType.INDEXED_VALUE_TYPE_TEXT}
+_KEYS = {"Keyword": SearchAttributeKey.for_keyword, "Double": SearchAttributeKey.for_float,
+         "Int": SearchAttributeKey.for_int, "Text": SearchAttributeKey.for_text}
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server"))
+    # The test server knows no custom search attributes until they are added; a workflow
+    # that upserts an unknown one would stall.
+    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=env.client.namespace,
+        search_attributes={n: _INDEXED[t] for n, t in SEARCH_ATTRIBUTES.items()}))
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(BIN / "temporal"), ui=False,
+        search_attributes=[_KEYS[t](n) for n, t in SEARCH_ATTRIBUTES.items()],
+        dev_server_log_level="error")
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_video() -> Path:
+    assert SAMPLE.is_file(), "samples/two_speakers_en.mp4 is missing (scripts/make_sample.py)"
+    return SAMPLE

@@ -1,0 +1,1 @@
+"""Temporal workflows. Deterministic: they import only stdlib and ``dubcore`` contracts."""

@@ -10,7 +10,7 @@ from activities._base import scratch, stage_activity
 from dubcore.contracts import LipSyncInput, LipSyncResult
 from dubcore.settings import Settings
 from dubcore.storage import ObjectStore
-from engines.lipsync import LipSyncEngine, NoLipSync, Wav2LipEngine
+from engines.lipsync import LipSyncEngine, NoLipSync
 
 
 class LipSyncActivities:
@@ -20,9 +20,6 @@ class LipSyncActivities:
 
     @cached_property
     def _engine(self) -> LipSyncEngine:
-        s = self._settings
-        if s.lipsync_engine == "wav2lip" and s.wav2lip_checkpoint is not None:
-            return Wav2LipEngine(s.wav2lip_checkpoint, s.device)
         return NoLipSync("no lip-sync engine is configured on this deployment "
                          "(DUB_LIPSYNC_ENGINE=none); the original video is kept")
 

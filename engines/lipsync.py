@@ -1,6 +1,6 @@
 """Lip-sync capability. No neural lip-sync weights ship offline, so the default engine is
-``none``: the stage is recorded as skipped with the reason. ``wav2lip`` is the production
-engine; its checkpoint comes from a configured path (fetched when the image is built)."""
+``none``: the stage is recorded as skipped with the reason. A production engine (a
+Wav2Lip-class model, weights from a configured path) plugs in behind ``LipSyncEngine``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from dubcore.errors import ConfigurationError
 
 
 @dataclass
@@ -32,23 +31,3 @@ class NoLipSync:
 
     def sync(self, video: Path, speech: Path, out: Path) -> LipSyncOutcome:
         return LipSyncOutcome(skipped=True, reason=self._reason)
-
-
-class Wav2LipEngine:
-    """Wav2Lip through the ``lipsync`` package; weights by path, loaded once per process."""
-
-    name = "wav2lip"
-
-    def __init__(self, checkpoint: Path, device: str) -> None:
-        if not checkpoint.is_file():
-            raise ConfigurationError(f"Wav2Lip checkpoint not found at {checkpoint}")
-        try:
-            from lipsync import LipSync  # production extra only
-        except ImportError as e:
-            raise ConfigurationError(
-                "lipsync_engine=wav2lip needs the 'lipsync' package in this worker") from e
-        self._model = LipSync(model="wav2lip", checkpoint_path=str(checkpoint), device=device)
-
-    def sync(self, video: Path, speech: Path, out: Path) -> LipSyncOutcome:
-        self._model.sync(str(video), str(speech), str(out))
-        return LipSyncOutcome(skipped=False, video_path=out)

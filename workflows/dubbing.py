@@ -122,12 +122,13 @@ class DubbingWorkflow:
 
         sep = await self._stage(req, Stage.SEPARATE,
                                 SeparateInput(req.job_id, probe.audio_key, p), SeparateResult)
+        speech_key = sep.speech_key or probe.speech_audio_key
         turns = await self._stage(
             req, Stage.DIARIZE,
-            DiarizeInput(req.job_id, probe.speech_audio_key, p, req.num_speakers), DiarizeResult)
+            DiarizeInput(req.job_id, speech_key, p, req.num_speakers), DiarizeResult)
         transcript = await self._stage(
             req, Stage.TRANSCRIBE,
-            TranscribeInput(req.job_id, probe.speech_audio_key, turns.turns_key, p,
+            TranscribeInput(req.job_id, speech_key, turns.turns_key, p,
                             req.source_language),
             TranscribeResult)
         self._status.source_language = transcript.language
@@ -139,7 +140,7 @@ class DubbingWorkflow:
             TranslateResult)
         speech = await self._stage(
             req, Stage.SYNTHESIZE,
-            SynthesizeInput(req.job_id, script.script_key, probe.speech_audio_key,
+            SynthesizeInput(req.job_id, script.script_key, speech_key,
                             req.target_language, probe.duration_ms, p, req.timing),
             SynthesizeResult)
         lips = await self._stage(

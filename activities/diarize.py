@@ -1,0 +1,35 @@
+"""Diarize stage: speaker turns from the 16 kHz speech track."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from temporalio import activity
+
+from activities._base import heartbeat, stage_activity
+from dubcore.contracts import DiarizeInput, DiarizeResult
+from dubcore.settings import Settings
+from dubcore.storage import ObjectStore, put_json
+from engines import audio
+from engines.diarize import Diarizer, VadEmbeddingDiarizer, turns_to_json
+
+
+class DiarizeActivities:
+    def __init__(self, store: ObjectStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+
+    @cached_property
+    def engine(self) -> Diarizer:
+        return VadEmbeddingDiarizer(self._settings.diarize_threshold, self._settings.device)
+
+    @activity.defn(name="diarize_speakers")
+    @stage_activity
+    def diarize_speakers(self, inp: DiarizeInput) -> DiarizeResult:
+        with self._store.local_path(inp.speech_audio_key) as path:
+            speech, _ = audio.read_wav(path)
+        turns = self.engine.diarize(speech[0], inp.num_speakers, heartbeat)
+        key = f"{inp.prefix}/turns.json"
+        put_json(self._store, key, turns_to_json(turns))
+        speakers = list(dict.fromkeys(t.speaker_id for t in turns))
+        return DiarizeResult(turns_key=key, speaker_ids=speakers, engine=self.engine.name)

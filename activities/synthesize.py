@@ -1,0 +1,131 @@
+"""Synthesize stage: a voice per speaker, every line fitted, laid on one dub stem.
+
+Each finished line is stored as it is made and the count is heartbeated, so a retried
+attempt (worker crash, deploy) resumes after the last finished line instead of starting over.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from temporalio import activity
+
+from activities._base import heartbeat, resume_details, scratch, stage_activity
+from dubcore.contracts import SynthesizeInput, SynthesizeResult
+from dubcore.errors import ConfigurationError
+from dubcore.settings import Settings
+from dubcore.storage import ObjectStore, get_json, put_json
+from engines import audio
+from engines.synthesize import (
+    EspeakEngine,
+    KokoroEngine,
+    PiperEngine,
+    SpeechEngine,
+    SpeechRouter,
+    assign_voices,
+)
+from engines.timing import Fit, fit_line, place
+
+log = logging.getLogger(__name__)
+
+OUT_RATE_HZ = 48_000
+SPEECH_RATE_HZ = 16_000
+
+
+class SynthesizeActivities:
+    def __init__(self, store: ObjectStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+
+    @cached_property
+    def engine(self) -> SpeechRouter:
+        s = self._settings
+        factories = {"kokoro": lambda: KokoroEngine(s.models_dir / "kokoro"),
+                     "piper": PiperEngine, "espeak": EspeakEngine}
+        wanted = list(factories) if s.tts_engine == "auto" else [s.tts_engine]
+        engines: list[SpeechEngine] = []
+        for name in wanted:
+            try:
+                engines.append(factories[name]())
+            except ConfigurationError as e:
+                if s.tts_engine != "auto":
+                    raise
+                log.warning("speech engine %s unavailable: %s", name, e.message)
+        if not engines:
+            raise ConfigurationError("no speech engine could be loaded")
+        return SpeechRouter(engines)
+
+    @activity.defn(name="synthesize_speech")
+    @stage_activity
+    def synthesize_speech(self, inp: SynthesizeInput) -> SynthesizeResult:
+        script: list[dict[str, Any]] = get_json(self._store, inp.script_key)
+        script.sort(key=lambda s: s["start_ms"])
+        with self._store.local_path(inp.speech_audio_key) as path:
+            speech, _ = audio.read_wav(path)
+        speakers = assign_voices(_speaker_pitch(script, speech[0]),
+                                 self.engine.voices(inp.target_language))
+        voice_of = {s["speaker_id"]: s["voice_key"] for s in speakers}
+
+        done = int(resume_details()[1]) if len(resume_details()) > 1 else 0
+        fits: list[Fit] = []
+        clips: list[np.ndarray] = []
+        with scratch() as tmp:
+            for i, seg in enumerate(script):
+                clip_key, fit_key = (f"{inp.prefix}/lines/{i:05d}.wav",
+                                     f"{inp.prefix}/lines/{i:05d}.json")
+                if i < done and self._store.exists(clip_key) and self._store.exists(fit_key):
+                    with self._store.local_path(clip_key) as p:
+                        clips.append(audio.read_wav(p)[0][0])
+                    fits.append(Fit(**get_json(self._store, fit_key)))
+                    continue
+                fit, clip = self._line(inp, script, i, voice_of[seg["speaker_id"]])
+                audio.write_wav(tmp / "line.wav", clip, OUT_RATE_HZ)
+                self._store.put_file(clip_key, tmp / "line.wav", "audio/wav")
+                put_json(self._store, fit_key, fit.to_json())
+                fits.append(fit)
+                clips.append(clip)
+                heartbeat(0.95 * (i + 1) / len(script), i + 1)
+
+            track = place(fits, clips, inp.duration_ms, OUT_RATE_HZ)
+            dub_key = f"{inp.prefix}/dub.wav"
+            audio.write_wav(tmp / "dub.wav", track, OUT_RATE_HZ)
+            self._store.put_file(dub_key, tmp / "dub.wav", "audio/wav")
+        fits_key, speakers_key = f"{inp.prefix}/fits.json", f"{inp.prefix}/speakers.json"
+        put_json(self._store, fits_key, [f.to_json() for f in fits])
+        put_json(self._store, speakers_key, speakers)
+        return SynthesizeResult(dub_key=dub_key, fits_key=fits_key, speakers_key=speakers_key,
+                                engine=self.engine.name,
+                                segments_over_bound=sum(f.over_bound for f in fits))
+
+    def _line(self, inp: SynthesizeInput, script: list[dict[str, Any]], i: int,
+              voice: str) -> tuple[Fit, np.ndarray]:
+        seg = script[i]
+        start, end = int(seg["start_ms"]), int(seg["end_ms"])
+        next_start = int(script[i + 1]["start_ms"]) if i + 1 < len(script) else inp.duration_ms
+        window, room = end - start, max(end, next_start) - start
+
+        def synth(text: str, rate: float) -> tuple[np.ndarray, int]:
+            return self.engine.synthesize(text, inp.target_language, voice, rate)
+
+        clip, natural_ms, rate, stretch = fit_line(synth, seg["text"], window, room,
+                                                   inp.timing, OUT_RATE_HZ)
+        fit = Fit(index=int(seg.get("index", i)), speaker_id=seg["speaker_id"], voice_key=voice,
+                  text=seg["text"], start_ms=start, end_ms=end, window_ms=window, room_ms=room,
+                  natural_ms=natural_ms, synthesis_rate=rate, stretch=stretch,
+                  final_ms=round(1000 * clip.size / OUT_RATE_HZ), placed_start_ms=start,
+                  placed_end_ms=start, overflow_ms=0, shift_ms=0)
+        return fit, clip
+
+
+def _speaker_pitch(script: list[dict[str, Any]], speech: np.ndarray) -> dict[str, float | None]:
+    """Median F0 of each speaker's source speech, in order of first appearance."""
+    pieces: dict[str, list[np.ndarray]] = {}
+    for seg in script:
+        a = int(seg["start_ms"]) * SPEECH_RATE_HZ // 1000
+        b = int(seg["end_ms"]) * SPEECH_RATE_HZ // 1000
+        pieces.setdefault(seg["speaker_id"], []).append(speech[a:b])
+    return {spk: audio.median_f0_hz(np.concatenate(p), SPEECH_RATE_HZ)
+            for spk, p in pieces.items()}

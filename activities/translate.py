@@ -1,0 +1,49 @@
+"""Translate stage: the target script, segment for segment (or the user's own script)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from temporalio import activity
+
+from activities._base import heartbeat, stage_activity
+from dubcore.contracts import TranslateInput, TranslateResult
+from dubcore.languages import primary
+from dubcore.settings import Settings
+from dubcore.storage import ObjectStore, get_json, put_json
+from engines.translate import BergamotTranslator, Translator, script_from_user
+
+
+class TranslateActivities:
+    def __init__(self, store: ObjectStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+
+    @cached_property
+    def engine(self) -> Translator:
+        return BergamotTranslator()
+
+    @activity.defn(name="translate_script")
+    @stage_activity
+    def translate_script(self, inp: TranslateInput) -> TranslateResult:
+        source = get_json(self._store, inp.transcript_key)
+        key = f"{inp.prefix}/script.json"
+        if inp.target_script_key:
+            script = script_from_user(get_json(self._store, inp.target_script_key), source)
+            engine = "target-script"
+        elif primary(inp.source_language) == primary(inp.target_language):
+            script = [_target(s, s["text"]) for s in source]
+            engine = "identity"
+        else:
+            texts = self.engine.translate([s["text"] for s in source], inp.source_language,
+                                          inp.target_language, heartbeat)
+            script = [_target(s, t) for s, t in zip(source, texts, strict=True)]
+            engine = self.engine.name
+        put_json(self._store, key, script)
+        return TranslateResult(script_key=key, num_segments=len(script), engine=engine)
+
+
+def _target(source: dict[str, object], text: str) -> dict[str, object]:
+    return {"index": source["index"], "start_ms": source["start_ms"],
+            "end_ms": source["end_ms"], "text": text, "speaker_id": source["speaker_id"],
+            "source_text": source["text"]}

@@ -1,0 +1,111 @@
+"""Fitting synthesized lines into the source's timing.
+
+Per line: choose the synthesis rate first (the engine speaks faster, naturally), then
+time-stretch what is still too long, within ``max_speedup`` overall; a line may run on into
+the silence after it; nothing is ever cut. What does not fit pushes the following lines
+later (recorded as ``shift_ms``); only at the very end of the media is the bound exceeded
+rather than a word dropped (``over_bound``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from dubcore.contracts import TimingPolicy
+from engines.audio import resample
+from engines.media import time_stretch
+
+GAP_AFTER_SHIFT_MS = 80  # breath between two lines when one had to be pushed later
+_TOLERANCE = 1.02  # 2 %: not worth a re-synthesis or a stretch
+
+
+@dataclass
+class Fit:
+    index: int
+    speaker_id: str
+    voice_key: str
+    text: str
+    start_ms: int
+    """Source window."""
+    end_ms: int
+    window_ms: int
+    room_ms: int
+    """Window plus the silence after it (the most the line may take without a shift)."""
+    natural_ms: int
+    """Length at the engine's natural rate."""
+    synthesis_rate: float
+    stretch: float
+    final_ms: int
+    placed_start_ms: int
+    placed_end_ms: int
+    overflow_ms: int
+    """How far the line runs past its window into the following silence."""
+    shift_ms: int
+    """How much later than its source the line starts (an earlier line ran long)."""
+    over_bound: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Synth = Callable[[str, float], tuple[np.ndarray, int]]
+"""(text, rate) -> (mono audio, sample rate)."""
+
+
+def fit_line(synth: Synth, text: str, window_ms: int, room_ms: int, policy: TimingPolicy,
+             out_rate_hz: int) -> tuple[np.ndarray, int, float, float]:
+    """Synthesize ``text`` for a ``window_ms`` slot followed by silence up to ``room_ms``.
+
+    Returns (audio at out_rate_hz, natural_ms, synthesis rate, stretch)."""
+    audio, rate_hz = synth(text, 1.0)
+    natural_ms = round(1000 * audio.size / rate_hz)
+    synth_rate, stretch = 1.0, 1.0
+    if window_ms > 0 and natural_ms > window_ms * _TOLERANCE:
+        # 1. Ask the engine itself to speak faster, within its natural range.
+        synth_rate = round(min(natural_ms / window_ms, policy.max_synthesis_rate,
+                               policy.max_speedup), 3)
+        if synth_rate > 1.0:
+            audio, rate_hz = synth(text, synth_rate)
+        have_ms = 1000 * audio.size / rate_hz
+        # 2. Run on into the following silence if allowed; 3. stretch what still overruns.
+        target_ms = max(room_ms, window_ms) if policy.allow_overflow else window_ms
+        if have_ms > target_ms * _TOLERANCE:
+            stretch = round(min(have_ms / target_ms, policy.max_speedup / synth_rate), 3)
+            if stretch > 1.0:
+                audio = time_stretch(audio, rate_hz, stretch)
+            else:
+                stretch = 1.0
+    return resample(audio, rate_hz, out_rate_hz), natural_ms, synth_rate, stretch
+
+
+def place(fits: list[Fit], clips: list[np.ndarray], duration_ms: int,
+          rate_hz: int) -> np.ndarray:
+    """Lay the clips on a silent track of the media's length, shifting a line later when the
+    previous one overran, and squeezing the last ones (over the bound) rather than cutting."""
+    total = round(duration_ms * rate_hz / 1000)
+    track = np.zeros(total, dtype=np.float32)
+    cursor_ms = 0
+    for fit, clip in zip(fits, clips, strict=True):
+        start_ms = max(fit.start_ms, cursor_ms)
+        length_ms = round(1000 * clip.size / rate_hz)
+        if start_ms + length_ms > duration_ms:  # the media ends: squeeze, never cut
+            available = max(duration_ms - start_ms, 1)
+            if length_ms > available:
+                clip = time_stretch(clip, rate_hz, length_ms / available)
+                fit.over_bound = True
+                fit.stretch = round(fit.stretch * length_ms / available, 3)
+                length_ms = round(1000 * clip.size / rate_hz)
+        a = round(start_ms * rate_hz / 1000)
+        b = min(total, a + clip.size)
+        track[a:b] += clip[: b - a]
+        fit.placed_start_ms = start_ms
+        fit.placed_end_ms = start_ms + length_ms
+        fit.final_ms = length_ms
+        fit.shift_ms = start_ms - fit.start_ms
+        fit.overflow_ms = max(0, fit.placed_end_ms - fit.end_ms)
+        cursor_ms = fit.placed_end_ms + GAP_AFTER_SHIFT_MS
+    return track

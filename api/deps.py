@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 
-from dubcore.errors import StorageError
+from dubcore.errors import ServiceUnavailableError
 from dubcore.settings import Settings
 from dubcore.storage import ObjectStore
 
@@ -34,7 +34,7 @@ class Services:
                         self.settings.temporal_address,
                         namespace=self.settings.temporal_namespace)
                 except RuntimeError as e:
-                    raise StorageError(
+                    raise ServiceUnavailableError(
                         f"the job service (Temporal at {self.settings.temporal_address}) "
                         "is not reachable; try again shortly") from e
             return self._client
@@ -54,10 +54,3 @@ def get_db(services: ServicesDep) -> Iterator[Session]:
 
 
 DbDep = Annotated[Session, Depends(get_db)]
-
-
-async def get_temporal(services: ServicesDep) -> Client:
-    return await services.temporal()
-
-
-TemporalDep = Annotated[Client, Depends(get_temporal)]

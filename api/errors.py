@@ -24,6 +24,7 @@ STATUS_BY_ERROR: list[tuple[type[e.DubbingError], int]] = [
     (e.ConfigurationError, 500),
     (e.EngineError, 502),
     (e.StorageError, 503),
+    (e.ServiceUnavailableError, 503),
 ]
 
 _HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",

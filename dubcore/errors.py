@@ -13,7 +13,8 @@
     ├── ConflictError                 the request does not fit the job's current state
     ├── ConfigurationError            the deployment is misconfigured (missing weights...)
     ├── EngineError                   an engine failed on valid input: transient, retried
-    └── StorageError                  the object store failed: transient, retried
+    ├── StorageError                  the object store failed: transient, retried
+    └── ServiceUnavailableError       a backing service (Temporal) is unreachable: retry later
 
 Activities map these to Temporal `ApplicationError`s in one place
 (`activities/_base.py`); `NON_RETRYABLE_ERROR_TYPES` is what retry policies list.
@@ -86,6 +87,10 @@ class EngineError(DubbingError):
 
 
 class StorageError(DubbingError):
+    retryable = True
+
+
+class ServiceUnavailableError(DubbingError):
     retryable = True
 
 

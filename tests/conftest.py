@@ -66,3 +66,24 @@ def whisper(models_dir: Path):  # type: ignore[no-untyped-def]
     from engines.transcribe import FasterWhisperTranscriber, assemble_whisper_base
 
     return FasterWhisperTranscriber(assemble_whisper_base(models_dir / "whisper-base"))
+
+
+@pytest.fixture(scope="session")
+def sample_speech_16k(sample_video: Path):  # type: ignore[no-untyped-def]
+    from engines.media import decode_audio
+
+    return decode_audio(sample_video, 16_000, 1)[0]
+
+
+@pytest.fixture(scope="session")
+def kokoro(models_dir: Path):  # type: ignore[no-untyped-def]
+    from engines.synthesize import KokoroEngine
+
+    return KokoroEngine(models_dir / "kokoro")
+
+
+@pytest.fixture(scope="session")
+def piper():  # type: ignore[no-untyped-def]
+    from engines.synthesize import PiperEngine
+
+    return PiperEngine()

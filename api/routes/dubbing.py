@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.deps import DbDep, ServicesDep, TemporalDep
+from api.deps import DbDep, ServicesDep
 from api.routes.jobs import job_out
 from api.schemas import (
     SUPPORTED_SOURCE_TYPES,
@@ -68,8 +68,7 @@ def create_upload(
 
 @router.post("/jobs/{job_id}/start", status_code=status.HTTP_202_ACCEPTED,
              response_model=JobOut)
-async def start_job(job_id: str, body: StartJob, services: ServicesDep, db: DbDep,
-                    client: TemporalDep) -> JobOut:
+async def start_job(job_id: str, body: StartJob, services: ServicesDep, db: DbDep) -> JobOut:
     """Start dubbing an uploaded source. The job runs as a durable Temporal workflow."""
     job = db.get(Job, job_id)
     if job is None:
@@ -90,7 +89,7 @@ async def start_job(job_id: str, body: StartJob, services: ServicesDep, db: DbDe
         timing=TimingPolicy(max_speedup=body.max_speedup),
         task_queues=services.settings.task_queues(), tenant=job.tenant)
     try:
-        handle = await jobs.start_dubbing(client, req)
+        handle = await jobs.start_dubbing(await services.temporal(), req)
     except WorkflowAlreadyStartedError as e:
         raise ConflictError(f"job {job_id} was already started") from e
     job.state = JobState.QUEUED.value
@@ -98,4 +97,4 @@ async def start_job(job_id: str, body: StartJob, services: ServicesDep, db: DbDe
     job.workflow_ids = [handle.id]
     job.started_at = utcnow()
     db.commit()
-    return await job_out(job, services, client)
+    return await job_out(job, services)

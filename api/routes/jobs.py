@@ -9,7 +9,7 @@ from fastapi.responses import RedirectResponse
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import DbDep, ServicesDep, TemporalDep
+from api.deps import DbDep, ServicesDep
 from api.schemas import Download, ErrorBody, JobError, JobOut, JobResult, StageTimingOut
 from dubcore import jobs
 from dubcore.contracts import JobState, JobStatus
@@ -56,7 +56,7 @@ def _result(services: ServicesDep, st: JobStatus) -> JobResult | None:
         speakers=get_json(store, r.speakers_key), segments=get_json(store, r.fits_key))
 
 
-async def job_out(job: Job, services: ServicesDep, client: Client) -> JobOut:
+async def job_out(job: Job, services: ServicesDep) -> JobOut:
     out: dict[str, Any] = {"job_id": job.id, "status": job.state,
                            "created_at": job.created_at.isoformat(),
                            "target_language": job.request.get("target_language"),
@@ -68,7 +68,7 @@ async def job_out(job: Job, services: ServicesDep, client: Client) -> JobOut:
     out["workflow_id"] = wf_id
     out["temporal_ui_url"] = (f"{ui}/namespaces/{services.settings.temporal_namespace}"
                               f"/workflows/{wf_id}")
-    st = await _status(client, wf_id)
+    st = await _status(await services.temporal(), wf_id)
     if st is None:
         out["status"] = JobState.QUEUED.value
         return JobOut(**out)
@@ -86,43 +86,40 @@ async def job_out(job: Job, services: ServicesDep, client: Client) -> JobOut:
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, services: ServicesDep, db: DbDep,
-                  client: TemporalDep) -> JobOut:
+async def get_job(job_id: str, services: ServicesDep, db: DbDep) -> JobOut:
     """Status with stage, progress, per-stage timings, error, and the result when done."""
-    return await job_out(_load(db, job_id), services, client)
+    return await job_out(_load(db, job_id), services)
 
 
 @router.get("/{job_id}/result", status_code=status.HTTP_307_TEMPORARY_REDIRECT,
             response_class=RedirectResponse,
             responses={307: {"description": "Redirect to a signed, expiring download URL."}})
-async def get_result(job_id: str, services: ServicesDep, db: DbDep,
-                     client: TemporalDep) -> RedirectResponse:
+async def get_result(job_id: str, services: ServicesDep, db: DbDep) -> RedirectResponse:
     """The dubbed video (follow the redirect, e.g. ``curl -L``)."""
-    out = await job_out(_load(db, job_id), services, client)
+    out = await job_out(_load(db, job_id), services)
     if out.result is None:
         raise ConflictError(f"job {job_id} has no result yet (status: {out.status})")
     return RedirectResponse(out.result.download.url, status_code=307)
 
 
 @router.post("/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-async def retry_job(job_id: str, services: ServicesDep, db: DbDep,
-                    client: TemporalDep) -> JobOut:
+async def retry_job(job_id: str, services: ServicesDep, db: DbDep) -> JobOut:
     """Re-run a failed job from the stage that failed; earlier stages are not re-run."""
     job = _load(db, job_id)
     if not job.workflow_ids:
         raise ConflictError(f"job {job_id} was never started")
+    client = await services.temporal()
     for wf_id in job.workflow_ids:
         await jobs.retry_from_failed_stage(client, wf_id)
-    return await job_out(job, services, client)
+    return await job_out(job, services)
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
-async def cancel_job(job_id: str, services: ServicesDep, db: DbDep,
-                     client: TemporalDep) -> JobOut:
+async def cancel_job(job_id: str, services: ServicesDep, db: DbDep) -> JobOut:
     job = _load(db, job_id)
     if not job.workflow_ids:
         job.state = JobState.CANCELLED.value
         db.commit()
     for wf_id in job.workflow_ids:
-        await client.get_workflow_handle(wf_id).cancel()
-    return await job_out(job, services, client)
+        await (await services.temporal()).get_workflow_handle(wf_id).cancel()
+    return await job_out(job, services)

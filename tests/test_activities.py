@@ -1,0 +1,116 @@
+"""Activities alone, in Temporal's ActivityEnvironment, on local storage and real engines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.media import MediaActivities
+from activities.synthesize import SynthesizeActivities
+from activities.translate import TranslateActivities
+from dubcore.contracts import ProbeInput, SynthesizeInput, TranslateInput
+from dubcore.settings import Settings
+from dubcore.storage import LocalStore, get_json, make_store, put_json
+
+pytestmark = pytest.mark.models
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_dir: Path) -> Settings:
+    return Settings(data_dir=tmp_path, model_cache_dir=models_dir)
+
+
+@pytest.fixture
+def store(settings: Settings) -> LocalStore:
+    s = make_store(settings)
+    assert isinstance(s, LocalStore)
+    return s
+
+
+def test_probe_extracts_full_rate_and_speech_tracks(store: LocalStore, settings: Settings,
+                                                    sample_video: Path) -> None:
+    store.put_file("uploads/j/source.mp4", sample_video)
+    acts = MediaActivities(store, settings)
+    out = ActivityEnvironment().run(acts.probe_media, ProbeInput("j", "uploads/j/source.mp4",
+                                                                  "jobs/j/pt"))
+    assert out.has_video and out.channels == 2 and 19_000 < out.duration_ms < 22_000
+    assert store.exists(out.audio_key) and store.exists(out.speech_audio_key)
+
+
+def test_probe_fails_bad_input_as_non_retryable(store: LocalStore, settings: Settings) -> None:
+    store.put_bytes("uploads/j/source.mp4", b"definitely not a video" * 100)
+    acts = MediaActivities(store, settings)
+    with pytest.raises(ApplicationError) as err:
+        ActivityEnvironment().run(acts.probe_media, ProbeInput("j", "uploads/j/source.mp4", "p"))
+    assert err.value.non_retryable and err.value.type == "UnsupportedMediaError"
+
+
+def test_probe_refuses_media_over_the_length_limit(store: LocalStore, tmp_path: Path,
+                                                   sample_video: Path) -> None:
+    store.put_file("uploads/j/source.mp4", sample_video)
+    acts = MediaActivities(store, Settings(data_dir=tmp_path, max_duration_s=5))
+    with pytest.raises(ApplicationError) as err:
+        ActivityEnvironment().run(acts.probe_media, ProbeInput("j", "uploads/j/source.mp4", "p"))
+    assert err.value.type == "MediaTooLongError" and "at most 5 s" in err.value.message
+
+
+def test_translate_uses_a_supplied_target_script(store: LocalStore, settings: Settings) -> None:
+    put_json(store, "p/transcript.json", [{"index": 0, "start_ms": 0, "end_ms": 900,
+                                           "text": "Hello", "speaker_id": "S1"}])
+    put_json(store, "p/mine.json", [{"start_ms": 0, "end_ms": 900, "text": "Hallo"}])
+    acts = TranslateActivities(store, settings)
+    out = ActivityEnvironment().run(acts.translate_script, TranslateInput(
+        "j", "p/transcript.json", "en", "de", "p", target_script_key="p/mine.json"))
+    assert out.engine == "target-script"
+    assert get_json(store, out.script_key)[0] == {"index": 0, "start_ms": 0, "end_ms": 900,
+                                                  "text": "Hallo", "speaker_id": "S1"}
+
+
+def _script(store: LocalStore) -> None:
+    import numpy as np
+
+    from engines.audio import write_wav
+
+    put_json(store, "p/script.json", [
+        {"index": 0, "start_ms": 200, "end_ms": 2200, "text": "Bom dia a todos.",
+         "speaker_id": "S1"},
+        {"index": 1, "start_ms": 2600, "end_ms": 4600, "text": "Obrigado por me receber.",
+         "speaker_id": "S2"}])
+    t = np.arange(16_000 * 5) / 16_000
+    voice = np.where(t < 2.4, np.sin(2 * np.pi * 110 * t), np.sin(2 * np.pi * 220 * t))
+    path = store.root / "p" / "speech.wav"
+    write_wav(path, (0.3 * voice).astype(np.float32), 16_000)
+
+
+def test_synthesize_resumes_after_the_last_finished_line(store: LocalStore, settings: Settings,
+                                                         ) -> None:
+    _script(store)
+    acts = SynthesizeActivities(store, settings)
+    inp = SynthesizeInput("j", "p/script.json", "p/speech.wav", "pt-BR", 5_000, "p")
+    beats: list[tuple] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *d: beats.append(d)
+    first = env.run(acts.synthesize_speech, inp)
+    assert [b[1] for b in beats] == [1, 2]
+    fits = get_json(store, first.fits_key)
+    speakers = get_json(store, first.speakers_key)
+    assert len({s["voice_key"] for s in speakers}) == 2
+    assert speakers[0]["voice_key"] == "kokoro:jm_kumo"  # 110 Hz source: a male voice
+    assert all(f["final_ms"] > 0 for f in fits)
+
+    # A second attempt that heartbeated "1 line done" re-synthesizes only line 2.
+    marker = json.loads((store.root / "p/lines/00000.json").read_text())
+    marker["text"] = "sentinel: reused from the first attempt"
+    (store.root / "p/lines/00000.json").write_text(json.dumps(marker))
+    env2 = ActivityEnvironment()
+    env2.info = env2.info.__class__(**{**env2.info.__dict__, "heartbeat_details": [0.5, 1],
+                                       "attempt": 2})
+    beats.clear()
+    env2.on_heartbeat = lambda *d: beats.append(d)
+    second = env2.run(acts.synthesize_speech, inp)
+    assert [b[1] for b in beats] == [2]
+    assert get_json(store, second.fits_key)[0]["text"].startswith("sentinel")

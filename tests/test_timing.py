@@ -1,0 +1,62 @@
+"""Fitting lines into their windows: rate first, bounded stretch, overflow, never a cut."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dubcore.contracts import TimingPolicy
+from engines.timing import Fit, fit_line, place
+
+RATE = 24_000
+
+
+def fake_synth(natural_s: float):  # type: ignore[no-untyped-def]
+    calls: list[float] = []
+
+    def synth(text: str, rate: float) -> tuple[np.ndarray, int]:
+        calls.append(rate)
+        n = int(natural_s / rate * RATE)
+        return (0.3 * np.sin(np.arange(n) / 7)).astype(np.float32), RATE
+
+    return synth, calls
+
+
+def test_a_line_that_fits_is_left_alone() -> None:
+    synth, calls = fake_synth(1.0)
+    clip, natural, rate, stretch = fit_line(synth, "x", 1500, 2000, TimingPolicy(), RATE)
+    assert (natural, rate, stretch, calls) == (1000, 1.0, 1.0, [1.0])
+    assert clip.size == RATE
+
+
+def test_rate_first_then_stretch_within_the_bound() -> None:
+    synth, calls = fake_synth(3.0)
+    policy = TimingPolicy(max_synthesis_rate=1.15, max_speedup=1.25, allow_overflow=False)
+    clip, natural, rate, stretch = fit_line(synth, "x", 2000, 2000, policy, RATE)
+    assert calls == [1.0, 1.15] and rate == 1.15
+    assert stretch <= 1.25 / 1.15 + 1e-3
+    assert rate * stretch <= 1.25 + 1e-3
+    # Still longer than the window (3 s at most 1.25x), but nothing was cut.
+    assert clip.size / RATE > 2.3
+
+
+def test_overflow_into_following_silence_avoids_stretching() -> None:
+    synth, _ = fake_synth(2.2)
+    _, _, rate, stretch = fit_line(synth, "x", 1800, 3000, TimingPolicy(), RATE)
+    assert rate == 1.15 and stretch == 1.0
+
+
+def _fit(i: int, start: int, end: int) -> Fit:
+    return Fit(index=i, speaker_id="S1", voice_key="v", text="t", start_ms=start, end_ms=end,
+               window_ms=end - start, room_ms=end - start, natural_ms=0, synthesis_rate=1.0,
+               stretch=1.0, final_ms=0, placed_start_ms=0, placed_end_ms=0, overflow_ms=0,
+               shift_ms=0)
+
+
+def test_overruns_push_later_lines_and_the_end_is_squeezed_not_cut() -> None:
+    fits = [_fit(0, 0, 1000), _fit(1, 1200, 2000)]
+    clips = [np.ones(int(1.5 * RATE), np.float32) * 0.1, np.ones(RATE, np.float32) * 0.1]
+    track = place(fits, clips, 2500, RATE)
+    assert track.size == int(2.5 * RATE)
+    assert fits[0].overflow_ms == 500 and fits[1].shift_ms == 1500 + 80 - 1200
+    assert fits[1].over_bound and fits[1].placed_end_ms <= 2500
+    assert abs(track[-10:]).max() > 0 or fits[1].placed_end_ms < 2500

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Protocol
 
 
-
 @dataclass
 class LipSyncOutcome:
     skipped: bool

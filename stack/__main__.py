@@ -91,10 +91,12 @@ def run_demo(api_url: str, sample: Path, target: str, out_dir: Path,
         dest = client.download(job_id, out_dir / f"{sample.stem}.{target}.mp4")
     wall = time.monotonic() - started
     result = job["result"]
+    lips = result["lipsync"]
+    lipsync = f"skipped - {lips['reason']}" if lips["skipped"] else "applied"
     sys.stdout.write(
         f"Done in {wall:.1f} s for {job['duration_ms'] / 1000:.1f} s of media "
         f"(source language {job['source_language']}, {len(result['speakers'])} speakers, "
-        f"lip-sync: {'skipped - ' + result['lipsync']['reason'] if result['lipsync']['skipped'] else 'applied'}).\n"
+        f"lip-sync: {lipsync}).\n"
         f"Stages: " + ", ".join(f"{s['stage']} {s['duration_ms'] / 1000:.1f}s"
                                 for s in job["stages"]) + "\n"
         f"Result: {dest}\nWeb UI: {job['temporal_ui_url']}\n")

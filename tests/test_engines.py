@@ -152,7 +152,7 @@ def test_whisper_transcribes_with_word_times(whisper, sample_speech_16k) -> None
     text = " ".join(s.text for s in t.segments).lower()
     for word in ("workshop", "bookshelf", "pine", "safety glasses"):
         assert word in text
-    assert [s.speaker_id for s in t.segments][0] == "S1"
+    assert next(s.speaker_id for s in t.segments) == "S1"
     assert {s.speaker_id for s in t.segments} == {"S1", "S2"}
     for seg in t.segments:
         assert seg.words and seg.start_ms <= seg.words[0].start_ms <= seg.words[-1].end_ms

@@ -35,5 +35,6 @@ def test_activity_mapping_keeps_type_and_message() -> None:
     from activities._base import to_application_error
 
     err = to_application_error(errors.NoSpeechError("no speech was found"))
-    assert err.type == "NoSpeechError" and err.non_retryable and err.message == "no speech was found"
+    assert err.type == "NoSpeechError" and err.non_retryable
+    assert err.message == "no speech was found"
     assert not to_application_error(errors.EngineError("hiccup")).non_retryable

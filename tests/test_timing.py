@@ -31,7 +31,7 @@ def test_a_line_that_fits_is_left_alone() -> None:
 def test_rate_first_then_stretch_within_the_bound() -> None:
     synth, calls = fake_synth(3.0)
     policy = TimingPolicy(max_synthesis_rate=1.15, max_speedup=1.25, allow_overflow=False)
-    clip, natural, rate, stretch = fit_line(synth, "x", 2000, 2000, policy, RATE)
+    clip, _natural, rate, stretch = fit_line(synth, "x", 2000, 2000, policy, RATE)
     assert calls == [1.0, 1.15] and rate == 1.15
     assert stretch <= 1.25 / 1.15 + 1e-3
     assert rate * stretch <= 1.25 + 1e-3

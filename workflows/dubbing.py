@@ -178,7 +178,7 @@ class DubbingWorkflow:
         )
         try:
             result = await handle
-        except ActivityError as e:
+        except ActivityError:
             self._status.failed_stage = stage.value
             self._record(stage, started, failed=True)
             raise

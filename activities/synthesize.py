@@ -7,6 +7,7 @@ attempt (worker crash, deploy) resumes after the last finished line instead of s
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -43,8 +44,9 @@ class SynthesizeActivities:
     @cached_property
     def engine(self) -> SpeechRouter:
         s = self._settings
-        factories = {"kokoro": lambda: KokoroEngine(s.models_dir / "kokoro"),
-                     "piper": PiperEngine, "espeak": EspeakEngine}
+        factories: dict[str, Callable[[], SpeechEngine]] = {
+            "kokoro": lambda: KokoroEngine(s.models_dir / "kokoro"),
+            "piper": PiperEngine, "espeak": EspeakEngine}
         wanted = list(factories) if s.tts_engine == "auto" else [s.tts_engine]
         engines: list[SpeechEngine] = []
         for name in wanted:

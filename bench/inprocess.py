@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dubcore.contracts import (
     DiarizeInput,
@@ -20,14 +21,13 @@ from dubcore.contracts import (
 )
 from dubcore.settings import Settings
 from dubcore.storage import ObjectStore
-from worker.__main__ import STAGE_IMPLEMENTATIONS  # noqa: F401  (same stage wiring)
 
 
 @dataclass
 class StageClock:
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def run(self, name: str, fn, arg):  # type: ignore[no-untyped-def]
+    def run(self, name: str, fn: Any, arg: Any) -> Any:
         t0 = time.perf_counter()
         out = fn(arg)
         self.seconds[name] = time.perf_counter() - t0

@@ -94,8 +94,8 @@ class ServiceUnavailableError(DubbingError):
     retryable = True
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out: list[type] = []
+def _all_subclasses(cls: type[DubbingError]) -> list[type[DubbingError]]:
+    out: list[type[DubbingError]] = []
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_all_subclasses(sub))
@@ -103,6 +103,5 @@ def _all_subclasses(cls: type) -> list[type]:
 
 
 #: Class names Temporal must never retry (retry policies match on the type name).
-NON_RETRYABLE_ERROR_TYPES: list[str] = sorted(
-    c.__name__ for c in [DubbingError, *_all_subclasses(DubbingError)] if not c.retryable
-)
+_ALL_ERRORS: list[type[DubbingError]] = [DubbingError, *_all_subclasses(DubbingError)]
+NON_RETRYABLE_ERROR_TYPES: list[str] = sorted(c.__name__ for c in _ALL_ERRORS if not c.retryable)

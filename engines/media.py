@@ -158,10 +158,10 @@ def mux(source: Path, audio: np.ndarray, audio_rate_hz: int, output: Path,
         block = 1024 * 32
         for start in range(0, audio.shape[1], block):
             chunk = np.ascontiguousarray(audio[:, start:start + block], dtype=np.float32)
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-            frame.sample_rate = audio_rate_hz
-            frame.pts = start
-            frame.time_base = Fraction(1, audio_rate_hz)
-            out.mux(aout.encode(frame))
+            aframe = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            aframe.sample_rate = audio_rate_hz
+            aframe.pts = start
+            aframe.time_base = Fraction(1, audio_rate_hz)
+            out.mux(aout.encode(aframe))
         out.mux(aout.encode(None))
     return copied

@@ -39,7 +39,7 @@ def _spawn(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in reversed(procs):
         if p.poll() is None:
-            p.send_signal(signal.SIGINT if p.args[0] == sys.executable else signal.SIGTERM)
+            p.send_signal(signal.SIGINT)  # every service here shuts down cleanly on SIGINT
     deadline = time.monotonic() + 15
     for p in reversed(procs):
         try:
@@ -54,7 +54,7 @@ def _wait_http(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float 
     while time.monotonic() < deadline:
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{p.args} exited with {p.returncode}; see data/logs/")
+                raise RuntimeError(f"{p.args!r} exited with {p.returncode}; see data/logs/")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -78,11 +78,14 @@ def run_demo(api_url: str, sample: Path, target: str, out_dir: Path,
         job_id = client.upload(sample)
         job = client.start(job_id, source_language="auto", target_language=target,
                            mixing_mode="voiceover_without_original_voice",
-                           notes="embedded demo")
+                           lipsync=True, notes="embedded demo")
         sys.stdout.write(f"Job {job_id} started; Temporal Web UI: {job['temporal_ui_url']}\n")
         started = time.monotonic()
-        job = client.wait(job_id, on_update=lambda j: (sys.stdout.write(_bar(j)),
-                                                       sys.stdout.flush()))
+        def show(j: dict[str, Any]) -> None:
+            sys.stdout.write(_bar(j))
+            sys.stdout.flush()
+
+        job = client.wait(job_id, on_update=show)
         sys.stdout.write("\n")
         if job["status"] != "completed":
             err = job.get("error") or {}
@@ -113,6 +116,7 @@ def main() -> None:
     parser.add_argument("--target", default="pt-BR")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     settings = get_settings()
     data_dir = settings.data_dir.resolve()

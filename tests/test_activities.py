@@ -114,3 +114,53 @@ def test_synthesize_resumes_after_the_last_finished_line(store: LocalStore, sett
     second = env2.run(acts.synthesize_speech, inp)
     assert [b[1] for b in beats] == [2]
     assert get_json(store, second.fits_key)[0]["text"].startswith("sentinel")
+
+
+def test_every_stage_activity_on_the_sample(store: LocalStore, settings: Settings,
+                                            sample_video: Path) -> None:
+    """Each real activity alone, fed the previous one's output, on real engines."""
+    from activities.diarize import DiarizeActivities
+    from activities.lipsync import LipSyncActivities
+    from activities.separate import SeparateActivities
+    from activities.transcribe import TranscribeActivities
+    from dubcore.contracts import (
+        DiarizeInput,
+        LipSyncInput,
+        MixingMode,
+        MixInput,
+        SeparateInput,
+        TranscribeInput,
+    )
+    from engines.audio import read_wav
+
+    env, p = ActivityEnvironment(), "jobs/j/pt-BR"
+    store.put_file("uploads/j/source.mp4", sample_video)
+    media_acts = MediaActivities(store, settings)
+    probe = env.run(media_acts.probe_media, ProbeInput("j", "uploads/j/source.mp4", p))
+    sep = env.run(SeparateActivities(store, settings).separate_audio,
+                  SeparateInput("j", probe.audio_key, p))
+    with store.local_path(sep.background_key) as bg, store.local_path(probe.audio_key) as full:
+        background, rate = read_wav(bg)
+        master, _ = read_wav(full)
+    assert rate == 48_000 and background.shape == master.shape  # full-rate stereo stems
+    turns = env.run(DiarizeActivities(store, settings).diarize_speakers,
+                    DiarizeInput("j", sep.speech_key, p))
+    assert turns.speaker_ids == ["S1", "S2"]
+    tr = env.run(TranscribeActivities(store, settings).transcribe_speech,
+                 TranscribeInput("j", sep.speech_key, turns.turns_key, p))
+    assert tr.language == "en" and tr.num_segments >= 4
+    script = env.run(TranslateActivities(store, settings).translate_script,
+                     TranslateInput("j", tr.transcript_key, "en", "pt-BR", p))
+    assert script.engine == "bergamot" and script.num_segments == tr.num_segments
+    syn = env.run(SynthesizeActivities(store, settings).synthesize_speech,
+                  SynthesizeInput("j", script.script_key, sep.speech_key, "pt-BR",
+                                  probe.duration_ms, p))
+    lips = env.run(LipSyncActivities(store, settings).lipsync_video,
+                   LipSyncInput("j", "uploads/j/source.mp4", syn.dub_key, p, enabled=True))
+    assert lips.skipped and "DUB_LIPSYNC_ENGINE=none" in lips.reason and lips.video_key is None
+    for mode in MixingMode:
+        mixed = env.run(media_acts.mix_and_remux, MixInput(
+            "j", "uploads/j/source.mp4", syn.dub_key, probe.audio_key, sep.background_key,
+            mode, f"{p}/{mode.value}"))
+        assert mixed.video_copied and abs(mixed.duration_ms - probe.duration_ms) < 200
+        assert abs(mixed.loudness_lufs - settings.loudness_target_lufs) < 1.0

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "opendub"
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    s3_public_endpoint_url: str | None = None
+    """Endpoint clients reach for presigned URLs, when it differs from the workers' one."""
     signing_secret: str = "change-me-in-production"
     """HMAC key for local-storage URLs (and, later, webhooks)."""
     public_base_url: str = "http://127.0.0.1:8000"

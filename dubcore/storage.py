@@ -179,17 +179,25 @@ class S3Store:
     """Any S3-compatible store (AWS, MinIO, Ceph...) through boto3; URLs are real presigned
     S3 URLs, so media never passes through the API."""
 
-    def __init__(self, bucket: str, client: Any) -> None:
+    def __init__(self, bucket: str, client: Any, presign_client: Any | None = None) -> None:
         self.bucket = bucket
         self._s3 = client
+        self._presign = presign_client or client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Store:
         import boto3  # deferred: the workflow sandbox must never import boto3
+        from botocore.config import Config
 
-        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
-                              region_name=settings.s3_region)
-        return cls(settings.s3_bucket, client)
+        config = Config(signature_version="s3v4")  # V2 is refused by AWS and signs no length
+
+        def client(endpoint: str | None) -> Any:
+            return boto3.client("s3", endpoint_url=endpoint, region_name=settings.s3_region,
+                                config=config)
+
+        public = settings.s3_public_endpoint_url
+        return cls(settings.s3_bucket, client(settings.s3_endpoint_url),
+                   client(public) if public else None)
 
     def _call(self, what: str, key: str, fn: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -277,7 +285,8 @@ class S3Store:
         if content_length is not None:
             params["ContentLength"] = content_length
             headers["Content-Length"] = str(content_length)
-        url = self._s3.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
+        url = self._presign.generate_presigned_url("put_object", Params=params,
+                                                   ExpiresIn=expires_s)
         return PresignedUrl(url=url, method="PUT", expires_at=int(time.time()) + expires_s,
                             headers=headers)
 
@@ -286,7 +295,8 @@ class S3Store:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": validate_key(key)}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        url = self._s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+        url = self._presign.generate_presigned_url("get_object", Params=params,
+                                                   ExpiresIn=expires_s)
         return PresignedUrl(url=url, method="GET", expires_at=int(time.time()) + expires_s)
 
 

@@ -27,13 +27,13 @@ def moto_endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Store:
-    import boto3
-
     for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                  "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(k, v)
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    store = S3Store(f"bucket-{free_port()}", client)
+    from dubcore.settings import Settings
+
+    store = S3Store.from_settings(Settings(storage_backend="s3", s3_endpoint_url=moto_endpoint,
+                                           s3_bucket=f"bucket-{free_port()}"))
     store.ensure_bucket()
     return store
 

@@ -21,6 +21,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
                    responses={code: {"model": ErrorBody} for code in (404, 409, 422)})
 
 
+_TERMINAL = {JobState.COMPLETED.value, JobState.FAILED.value, JobState.CANCELLED.value}
+
+
 def _load(db: DbDep, job_id: str) -> Job:
     job = db.get(Job, job_id)
     if job is None:
@@ -70,8 +73,12 @@ async def job_out(job: Job, services: ServicesDep) -> JobOut:
                               f"/workflows/{wf_id}")
     st = await _status(await services.temporal(), wf_id)
     if st is None:
-        out["status"] = JobState.QUEUED.value
+        # Not started yet, or gone past the namespace's retention: the index remembers
+        # how it ended.
+        out["status"] = job.state if job.state in _TERMINAL else JobState.QUEUED.value
         return JobOut(**out)
+    if st.state.value in _TERMINAL and job.state != st.state.value:
+        job.state = st.state.value  # the caller's session commits
     out.update(
         status=st.state.value, stage=st.stage, progress_percent=st.percent,
         source_language=st.source_language or out["source_language"],
@@ -88,7 +95,9 @@ async def job_out(job: Job, services: ServicesDep) -> JobOut:
 @router.get("/{job_id}", response_model=JobOut)
 async def get_job(job_id: str, services: ServicesDep, db: DbDep) -> JobOut:
     """Status with stage, progress, per-stage timings, error, and the result when done."""
-    return await job_out(_load(db, job_id), services)
+    out = await job_out(_load(db, job_id), services)
+    db.commit()
+    return out
 
 
 @router.get("/{job_id}/result", status_code=status.HTTP_307_TEMPORARY_REDIRECT,

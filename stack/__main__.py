@@ -129,6 +129,13 @@ def main() -> None:
            "DUB_TEMPORAL_UI_URL": f"http://{cfg.ip}:{cfg.ui_port}"}
     api_url = f"http://{settings.api_host}:{settings.api_port}"
 
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Explicit handlers: Ctrl-C, and SIGTERM from a service manager, even when the shell that
+    # started us in the background set SIGINT to "ignore".
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         sys.stdout.write(f"Starting Temporal dev server (Web UI http://{cfg.ip}:{cfg.ui_port}, "

@@ -14,6 +14,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dubcore.errors import DubbingError
+from dubcore.settings import Settings
+from dubcore.storage import ObjectStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,3 +63,12 @@ def resume_details() -> tuple[Any, ...]:
 def scratch() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="opendub-") as tmp:
         yield Path(tmp)
+
+
+class StageActivities:
+    """Base of the per-capability activity classes: they receive their clients here, and
+    load their engine lazily (once per worker process) as a cached property."""
+
+    def __init__(self, store: ObjectStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings

@@ -6,19 +6,14 @@ from functools import cached_property
 
 from temporalio import activity
 
-from activities._base import heartbeat, stage_activity
+from activities._base import StageActivities, heartbeat, stage_activity
 from dubcore.contracts import DiarizeInput, DiarizeResult
-from dubcore.settings import Settings
-from dubcore.storage import ObjectStore, put_json
+from dubcore.storage import put_json
 from engines import audio
 from engines.diarize import Diarizer, VadEmbeddingDiarizer, turns_to_json
 
 
-class DiarizeActivities:
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-
+class DiarizeActivities(StageActivities):
     @cached_property
     def engine(self) -> Diarizer:
         return VadEmbeddingDiarizer(self._settings.diarize_threshold, self._settings.device)

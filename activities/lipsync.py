@@ -6,18 +6,12 @@ from functools import cached_property
 
 from temporalio import activity
 
-from activities._base import scratch, stage_activity
+from activities._base import StageActivities, scratch, stage_activity
 from dubcore.contracts import LipSyncInput, LipSyncResult
-from dubcore.settings import Settings
-from dubcore.storage import ObjectStore
 from engines.lipsync import LipSyncEngine, NoLipSync
 
 
-class LipSyncActivities:
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-
+class LipSyncActivities(StageActivities):
     @cached_property
     def _engine(self) -> LipSyncEngine:
         return NoLipSync("no lip-sync engine is configured on this deployment "

@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 from temporalio import activity
 
-from activities._base import heartbeat, scratch, stage_activity
+from activities._base import StageActivities, heartbeat, scratch, stage_activity
 from dubcore.contracts import MixInput, MixResult, ProbeInput, ProbeResult
 from dubcore.errors import MediaTooLongError
-from dubcore.settings import Settings
-from dubcore.storage import ObjectStore
 from engines import audio, media
 from engines.mix import mix
 
@@ -19,11 +17,7 @@ WORK_RATE_HZ = 48_000
 SPEECH_RATE_HZ = 16_000
 
 
-class MediaActivities:
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-
+class MediaActivities(StageActivities):
     @activity.defn(name="probe_media")
     @stage_activity
     def probe_media(self, inp: ProbeInput) -> ProbeResult:

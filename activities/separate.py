@@ -6,21 +6,15 @@ from functools import cached_property
 
 from temporalio import activity
 
-from activities._base import heartbeat, scratch, stage_activity
+from activities._base import StageActivities, heartbeat, scratch, stage_activity
 from dubcore.contracts import SeparateInput, SeparateResult
-from dubcore.settings import Settings
-from dubcore.storage import ObjectStore
 from engines import audio
 from engines.separate import SAMPLE_RATE_HZ, DeepFilterSeparator, Separator
 
 SPEECH_RATE_HZ = 16_000
 
 
-class SeparateActivities:
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-
+class SeparateActivities(StageActivities):
     @cached_property
     def engine(self) -> Separator:
         return DeepFilterSeparator()

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 from temporalio import activity
 
-from activities._base import heartbeat, resume_details, scratch, stage_activity
+from activities._base import StageActivities, heartbeat, resume_details, scratch, stage_activity
 from dubcore.contracts import SynthesizeInput, SynthesizeResult
 from dubcore.errors import ConfigurationError
-from dubcore.settings import Settings
-from dubcore.storage import ObjectStore, get_json, put_json
+from dubcore.storage import get_json, put_json
 from engines import audio
 from engines.synthesize import (
     EspeakEngine,
@@ -36,11 +35,7 @@ OUT_RATE_HZ = 48_000
 SPEECH_RATE_HZ = 16_000
 
 
-class SynthesizeActivities:
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-
+class SynthesizeActivities(StageActivities):
     @cached_property
     def engine(self) -> SpeechRouter:
         s = self._settings

@@ -6,10 +6,9 @@ from functools import cached_property
 
 from temporalio import activity
 
-from activities._base import heartbeat, stage_activity
+from activities._base import StageActivities, heartbeat, stage_activity
 from dubcore.contracts import TranscribeInput, TranscribeResult
-from dubcore.settings import Settings
-from dubcore.storage import ObjectStore, get_json, put_json
+from dubcore.storage import get_json, put_json
 from engines import audio
 from engines.diarize import Turn
 from engines.transcribe import (
@@ -21,11 +20,7 @@ from engines.transcribe import (
 )
 
 
-class TranscribeActivities:
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-
+class TranscribeActivities(StageActivities):
     @cached_property
     def engine(self) -> Transcriber:
         s = self._settings

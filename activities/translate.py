@@ -6,19 +6,14 @@ from functools import cached_property
 
 from temporalio import activity
 
-from activities._base import heartbeat, stage_activity
+from activities._base import StageActivities, heartbeat, stage_activity
 from dubcore.contracts import TranslateInput, TranslateResult
 from dubcore.languages import primary
-from dubcore.settings import Settings
-from dubcore.storage import ObjectStore, get_json, put_json
+from dubcore.storage import get_json, put_json
 from engines.translate import BergamotTranslator, Translator, script_from_user
 
 
-class TranslateActivities:
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-
+class TranslateActivities(StageActivities):
     @cached_property
     def engine(self) -> Translator:
         return BergamotTranslator()

@@ -66,7 +66,8 @@ class SynthesizeActivities(StageActivities):
                                  self.engine.voices(inp.target_language))
         voice_of = {s["speaker_id"]: s["voice_key"] for s in speakers}
 
-        done = int(resume_details()[1]) if len(resume_details()) > 1 else 0
+        resumed = resume_details()  # (fraction, lines finished) from the last attempt
+        done = int(resumed[1]) if len(resumed) > 1 else 0
         fits: list[Fit] = []
         clips: list[np.ndarray] = []
         with scratch() as tmp:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dubcore.contracts import (
@@ -77,21 +76,3 @@ def run_pipeline(acts: dict[str, object], req: DubbingRequest) -> tuple[object, 
                   MixInput(req.job_id, req.source_key, syn.dub_key, probe.audio_key,
                            sep.background_key, req.mixing_mode, p, lips.video_key))
     return mixed, c
-
-
-def main(source: Path, target: str, settings: Settings) -> None:  # pragma: no cover
-    from dubcore.storage import make_store
-
-    store = make_store(settings)
-    store.put_file("bench/source.mp4", source, "video/mp4")
-    acts = load_activities(store, settings)
-    req = DubbingRequest(job_id="bench", source_key="bench/source.mp4", target_language=target)
-    mixed, clock = run_pipeline(acts, req)
-    print(mixed, clock.seconds)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "pt-BR",
-         Settings(data_dir=Path("/tmp/opendub-inproc")))

@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from dubcore.contracts import (
         ACTIVITY_NAMES,
         STAGE_WEIGHTS,
+        STAGES,
         DiarizeInput,
         DiarizeResult,
         DubbingRequest,
@@ -183,8 +184,7 @@ class DubbingWorkflow:
             self._record(stage, started, failed=True)
             raise
         self._record(stage, started)
-        done = sum(STAGE_WEIGHTS[s] for s in Stage if s is stage or
-                   list(Stage).index(s) < list(Stage).index(stage))
+        done = sum(STAGE_WEIGHTS[s] for s in STAGES[: STAGES.index(stage) + 1])
         self._status.percent = round(100 * done / sum(STAGE_WEIGHTS.values()))
         return result
 

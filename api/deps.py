@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +23,8 @@ class Services:
     settings: Settings
     store: ObjectStore
     sessions: sessionmaker[Session]
+    limiter: Any = None
+    """`api.auth.RateLimiter` (set by the app factory)."""
     _client: Client | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

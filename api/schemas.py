@@ -3,21 +3,48 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dubcore.contracts import MixingMode
 
 _BCP47 = re.compile(r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})*$")
 
-SUPPORTED_SOURCE_TYPES = ("video/mp4", "video/quicktime", "video/webm", "video/x-matroska",
-                          "audio/wav", "audio/x-wav", "audio/mpeg", "audio/mp4", "audio/flac")
+SOURCE_TYPES = ("video/mp4", "video/quicktime", "video/webm", "video/x-matroska",
+                "audio/wav", "audio/x-wav", "audio/mpeg", "audio/mp4", "audio/flac")
+#: Side files: what each upload kind accepts.
+UPLOAD_TYPES: dict[str, tuple[str, ...]] = {
+    "source": SOURCE_TYPES,
+    "transcript": ("application/x-subrip", "text/vtt", "application/json", "text/plain"),
+    "target_script": ("application/json", "application/x-subrip", "text/vtt", "text/plain"),
+    "glossary": ("text/tab-separated-values", "text/plain"),
+}
+UploadKind = Literal["source", "transcript", "target_script", "glossary"]
+
+
+def _tag(v: str) -> str:
+    if not _BCP47.match(v):
+        raise ValueError(f"{v!r} is not a BCP-47 language tag")
+    return v
 
 
 class ErrorBody(BaseModel):
     error: str = Field(examples=["UnsupportedLanguageError"])
     message: str = Field(examples=["no engine translates en -> xx"])
+
+
+class UploadRequest(BaseModel):
+    kind: UploadKind = Field("source", description=(
+        "source media, or a side file: transcript (SRT/VTT/JSON), target_script, glossary "
+        "(TSV)."))
+    file_name: str = Field("", max_length=255, examples=["episode-01.mp4"])
+    content_type: str = Field(examples=["video/mp4"])
+    size_bytes: int = Field(gt=0, examples=[104857600], description="Declared size; enforced.")
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"kind": "source", "file_name": "episode.mp4", "content_type": "video/mp4",
+         "size_bytes": 104857600}]}}
 
 
 class UploadTarget(BaseModel):
@@ -28,29 +55,113 @@ class UploadTarget(BaseModel):
     expires_at: int = Field(description="Unix seconds.")
 
 
-class UploadSlot(BaseModel):
-    job_id: str
+class MultipartPart(BaseModel):
+    part_number: int
+    url: str
+
+
+class MultipartTarget(BaseModel):
+    upload_id: str
+    part_size_bytes: int
+    parts: list[MultipartPart]
+    complete_url: str = Field(description="POST the parts' ETags here when all are uploaded.")
+
+
+class UploadOut(BaseModel):
+    upload_id: str
+    kind: str
+    object_key: str
+    job_id: str | None = Field(None, description="For source uploads: the job slot to start.")
     status: str = Field(examples=["waiting_upload"])
-    upload: UploadTarget
+    upload: UploadTarget | None = None
+    multipart: MultipartTarget | None = None
+    expires_in: int
+
+
+class CompletedPart(BaseModel):
+    part_number: int = Field(ge=1, le=10_000)
+    etag: str = Field(min_length=1, max_length=200)
+
+
+class CompleteMultipart(BaseModel):
+    parts: list[CompletedPart] = Field(min_length=1)
 
 
 class StartJob(BaseModel):
+    """How to dub an uploaded source."""
+
     source_language: str = Field("auto", examples=["en", "auto"],
                                  description="BCP-47 code of the spoken language, or auto.")
-    target_language: str = Field(examples=["pt-BR"], description="BCP-47 code.")
+    target_languages: list[str] = Field(
+        default_factory=list, max_length=10, examples=[["pt-BR", "es"]],
+        description="One or more BCP-47 codes: one child workflow per language.")
+    target_language: str | None = Field(
+        None, examples=["pt-BR"], description="Shorthand for a single target language.")
     mixing_mode: MixingMode = MixingMode.VOICEOVER_WITHOUT_ORIGINAL_VOICE
     num_speakers: int = Field(0, ge=0, le=20, description="0 = detect automatically.")
     lipsync: bool = False
     notes: str = Field("", max_length=4000)
+    name: str = Field("", max_length=200)
     max_speedup: float = Field(1.25, ge=1.0, le=2.0, description=(
         "Upper bound on how much faster than natural a dubbed line may be spoken."))
+    target_script_upload_id: str | None = Field(None, description=(
+        "An uploaded target script (JSON segments) used instead of machine translation; "
+        "single target language only."))
+    callback_url: str | None = Field(None, max_length=2000, examples=[
+        "https://example.com/hooks/dubbing"], description="Receives the signed job webhook.")
 
-    @field_validator("source_language", "target_language")
+    model_config = {"json_schema_extra": {"examples": [
+        {"source_language": "en", "target_languages": ["pt-BR"],
+         "mixing_mode": "voiceover_without_original_voice",
+         "callback_url": "https://example.com/hooks/dubbing"}]}}
+
+    @field_validator("source_language")
     @classmethod
-    def _bcp47(cls, v: str) -> str:
-        if v != "auto" and not _BCP47.match(v):
-            raise ValueError(f"{v!r} is not a BCP-47 language tag")
+    def _source(cls, v: str) -> str:
+        return v if v == "auto" else _tag(v)
+
+    @field_validator("target_languages")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        return [_tag(t) for t in v]
+
+    @field_validator("target_language")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        return None if v is None else _tag(v)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("callback_url must be an http(s) URL")
         return v
+
+    @model_validator(mode="after")
+    def _languages(self) -> StartJob:
+        langs = list(self.target_languages)
+        if self.target_language and self.target_language not in langs:
+            langs.insert(0, self.target_language)
+        if not langs:
+            raise ValueError("give target_languages (or target_language)")
+        if len(set(langs)) != len(langs):
+            raise ValueError("target_languages has duplicates")
+        self.target_languages, self.target_language = langs, None
+        return self
+
+
+class CreateJob(StartJob):
+    """Create and start a job in one call, from an upload or a URL."""
+
+    source_upload_id: str | None = Field(None, description="A finished source upload.")
+    source_url: str | None = Field(None, max_length=2000, examples=[
+        "https://example.com/video.mp4"], description="http(s) URL the server downloads.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreateJob:
+        if (self.source_upload_id is None) == (self.source_url is None):
+            raise ValueError("give exactly one of source_upload_id and source_url")
+        return self
 
 
 class StageTimingOut(BaseModel):
@@ -68,11 +179,12 @@ class JobError(BaseModel):
 class Download(BaseModel):
     url: str
     expires_at: int
+    expires_in: int
     size_bytes: int
     content_type: str
 
 
-class JobResult(BaseModel):
+class LanguageResult(BaseModel):
     download: Download
     duration_ms: int
     loudness_lufs: float
@@ -83,17 +195,109 @@ class JobResult(BaseModel):
                     "stretch, overflow.")
 
 
-class JobOut(BaseModel):
-    job_id: str
+class LanguageOut(BaseModel):
+    language: str
     status: str
     stage: str | None = None
     progress_percent: int = 0
-    source_language: str | None = None
-    target_language: str | None = None
-    duration_ms: int | None = None
     stages: list[StageTimingOut] = []
     error: JobError | None = None
-    result: JobResult | None = None
+    result: LanguageResult | None = None
+    workflow_id: str
+
+
+class JobOut(BaseModel):
+    job_id: str
+    name: str = ""
+    status: str = Field(examples=["running"], description=(
+        "waiting_upload, queued, running, completed, failed or cancelled. A job with "
+        "several languages is completed when at least one was delivered."))
+    stage: str | None = None
+    progress_percent: int = 0
+    eta_seconds: int | None = Field(None, description="Estimated seconds until the end.")
+    source_language: str | None = None
+    target_languages: list[str] = []
+    duration_ms: int | None = None
+    cost_minutes: int = 0
+    stages: list[StageTimingOut] = Field([], description="The shared stages' timings.")
+    languages: list[LanguageOut] = []
+    error: JobError | None = None
     workflow_id: str | None = None
     temporal_ui_url: str | None = None
     created_at: str
+    balance_minutes: int | None = Field(None, description="After this job's reservation.")
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    name: str
+    status: str
+    source_language: str | None
+    target_languages: list[str]
+    cost_minutes: int
+    created_at: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(None, description="Pass as cursor for the next page.")
+
+
+class DownloadOut(Download):
+    job_id: str
+    language: str
+
+
+class Deleted(BaseModel):
+    job_id: str
+    deleted: bool = True
+    objects_deleted: int
+
+
+class Balance(BaseModel):
+    balance_minutes: int
+
+
+class StageLanguages(BaseModel):
+    stage: str
+    engine: str
+    languages: list[str]
+
+
+class LanguagesOut(BaseModel):
+    stages: list[StageLanguages]
+    translation_pairs: list[tuple[str, str]]
+
+
+class VoiceOut(BaseModel):
+    voice_key: str
+    name: str
+    style: str = Field(examples=["feminine"])
+    engine: str
+
+
+class VoicesOut(BaseModel):
+    voices: dict[str, list[VoiceOut]]
+
+
+class OptionsOut(BaseModel):
+    source_languages: list[str]
+    target_languages: list[str]
+    mixing_modes: list[str]
+    upload_kinds: dict[str, list[str]]
+    max_upload_bytes: int
+    max_duration_s: int
+
+
+class WebhookDeliveryOut(BaseModel):
+    delivery_id: str
+    job_id: str
+    event: str
+    url: str
+    state: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+    payload: dict[str, Any]

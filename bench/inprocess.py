@@ -9,7 +9,7 @@ from typing import Any
 
 from dubcore.contracts import (
     DiarizeInput,
-    DubbingRequest,
+    JobRequest,
     LipSyncInput,
     MixInput,
     ProbeInput,
@@ -51,10 +51,11 @@ def load_activities(store: ObjectStore, settings: Settings) -> dict[str, object]
             "lipsync": LipSyncActivities(store, settings)}
 
 
-def run_pipeline(acts: dict[str, object], req: DubbingRequest) -> tuple[object, StageClock]:
+def run_pipeline(acts: dict[str, object], req: JobRequest) -> tuple[object, StageClock]:
     a = acts
     c = StageClock()
-    p = req.prefix
+    p, lang = req.prefix, req.target_languages[0]
+    p_lang = f"jobs/{req.job_id}/{lang}"
     probe = c.run("probe", a["media"].probe_media,  # type: ignore[attr-defined]
                   ProbeInput(req.job_id, req.source_key, p))
     sep = c.run("separate", a["separate"].separate_audio,  # type: ignore[attr-defined]
@@ -65,14 +66,14 @@ def run_pipeline(acts: dict[str, object], req: DubbingRequest) -> tuple[object, 
     tr = c.run("transcribe", a["transcribe"].transcribe_speech,  # type: ignore[attr-defined]
                TranscribeInput(req.job_id, speech, turns.turns_key, p, req.source_language))
     script = c.run("translate", a["translate"].translate_script,  # type: ignore[attr-defined]
-                   TranslateInput(req.job_id, tr.transcript_key, tr.language,
-                                  req.target_language, p, req.target_script_key))
+                   TranslateInput(req.job_id, tr.transcript_key, tr.language, lang, p_lang,
+                                  req.target_script_keys.get(lang)))
     syn = c.run("synthesize", a["synthesize"].synthesize_speech,  # type: ignore[attr-defined]
-                SynthesizeInput(req.job_id, script.script_key, speech, req.target_language,
-                                probe.duration_ms, p, req.timing))
+                SynthesizeInput(req.job_id, script.script_key, speech, lang,
+                                probe.duration_ms, p_lang, req.timing))
     lips = c.run("lipsync", a["lipsync"].lipsync_video,  # type: ignore[attr-defined]
-                 LipSyncInput(req.job_id, req.source_key, syn.dub_key, p, req.lipsync))
+                 LipSyncInput(req.job_id, req.source_key, syn.dub_key, p_lang, req.lipsync))
     mixed = c.run("mix", a["media"].mix_and_remux,  # type: ignore[attr-defined]
                   MixInput(req.job_id, req.source_key, syn.dub_key, probe.audio_key,
-                           sep.background_key, req.mixing_mode, p, lips.video_key))
+                           sep.background_key, req.mixing_mode, p_lang, lips.video_key))
     return mixed, c

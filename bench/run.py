@@ -22,8 +22,9 @@ from typing import Any
 from temporalio.testing import WorkflowEnvironment
 
 from bench.inprocess import load_activities, run_pipeline
-from dubcore import jobs
-from dubcore.contracts import SEARCH_ATTRIBUTES, STAGES, DubbingRequest
+from dubcore import accounts, jobs
+from dubcore.contracts import SEARCH_ATTRIBUTES, STAGES, JobRequest
+from dubcore.db import make_engine, make_sessionmaker
 from dubcore.settings import Settings
 from dubcore.storage import make_store
 from engines.media import probe
@@ -32,9 +33,12 @@ from worker.__main__ import build_workers
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _request(settings: Settings, key: str) -> DubbingRequest:
-    return DubbingRequest(job_id=uuid.uuid4().hex[:12], source_key=key,
-                          target_language="pt-BR", task_queues=settings.task_queues())
+def _request(settings: Settings, key: str) -> JobRequest:
+    req = JobRequest(job_id=uuid.uuid4().hex[:12], source_key=key, target_languages=["pt-BR"],
+                     task_queues=settings.task_queues(), tenant="bench")
+    with make_sessionmaker(make_engine(settings))() as s:  # as the API does at start
+        accounts.reserve(s, "bench", req.job_id, req.target_languages, 1)
+    return req
 
 
 async def _measure(settings: Settings, key: str, runs: int
@@ -66,16 +70,19 @@ async def _measure(settings: Settings, key: str, runs: int
                                                        _request(settings, key))
                     local_wall = time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    handle = await jobs.start_dubbing(env.client, _request(settings, key))
+                    req = _request(settings, key)
+                    handle = await jobs.start_job(env.client, req)
                     await handle.result()
                     wall = time.perf_counter() - t0
-                    status = await jobs.job_status(env.client, handle.id)
+                    progress = await jobs.job_progress(env.client, req.job_id)
+                    lang = await jobs.language_status(env.client, req.job_id, "pt-BR")
                     if i:
                         walls["local"].append(local_wall)
                         stages["local"].append(clock.seconds)
                         walls["temporal"].append(wall)
                         stages["temporal"].append(
-                            {t.stage: t.duration_ms / 1000 for t in status.timings})
+                            {t.stage: t.duration_ms / 1000
+                             for t in progress.timings + lang.timings})
     finally:
         await env.shutdown()
     return walls, stages
@@ -90,6 +97,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="opendub-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), model_cache_dir=Path(tmp) / "models")
         make_store(settings).put_file("bench/source.mp4", args.sample, "video/mp4")
+        with make_sessionmaker(make_engine(settings))() as s:
+            accounts.create_tenant(s, "bench", minutes=1000)
         walls, stages = asyncio.run(_measure(settings, "bench/source.mp4", args.runs))
     local_stages, temporal_stages = stages["local"], stages["temporal"]
     local_walls, temporal_walls = walls["local"], walls["temporal"]

@@ -25,6 +25,12 @@ class Stage(StrEnum):
 
 
 STAGES: tuple[Stage, ...] = tuple(Stage)
+SHARED_STAGES: tuple[Stage, ...] = (Stage.PROBE, Stage.SEPARATE, Stage.DIARIZE,
+                                    Stage.TRANSCRIBE)
+"""Run once per job by `DubbingJobWorkflow`, whatever the number of target languages."""
+LANGUAGE_STAGES: tuple[Stage, ...] = (Stage.TRANSLATE, Stage.SYNTHESIZE, Stage.LIPSYNC,
+                                      Stage.MIX)
+"""Run per target language by a child `DubbingWorkflow`."""
 
 #: Rough share of a job's wall time per stage on the CPU default (from bench/), used only
 #: to turn "which stage is running" into a progress percent.
@@ -75,28 +81,52 @@ class TimingPolicy:
 
 
 @dataclass
-class DubbingRequest:
-    """Input of one `DubbingWorkflow`: one job, one target language."""
+class JobRequest:
+    """Input of one `DubbingJobWorkflow`: one source, one or more target languages."""
 
     job_id: str
     source_key: str
-    target_language: str
+    target_languages: list[str]
     source_language: str = "auto"
     mixing_mode: MixingMode = MixingMode.VOICEOVER_WITHOUT_ORIGINAL_VOICE
     num_speakers: int = 0
     """0 = detect automatically."""
-    target_script_key: str | None = None
-    """A bring-your-own target script (JSON segments) to use instead of machine translation."""
+    target_script_keys: dict[str, str] = field(default_factory=dict)
+    """Target language -> a bring-your-own script (JSON segments) used instead of MT."""
     lipsync: bool = False
     notes: str = ""
     timing: TimingPolicy = field(default_factory=TimingPolicy)
     task_queues: dict[str, str] = field(default_factory=dict)
     """Stage name -> task queue. Decided by the starter from settings, kept in history."""
     tenant: str = "default"
+    callback_url: str | None = None
+    """Where the signed ``job.*`` webhook goes when the job ends."""
+    webhook_max_attempts: int = 8
 
     @property
     def prefix(self) -> str:
-        """Object-key prefix for everything this run writes."""
+        return f"jobs/{self.job_id}/shared"
+
+
+@dataclass
+class DubbingRequest:
+    """Input of one child `DubbingWorkflow`: one job, one target language, on top of the
+    job's shared stages."""
+
+    job_id: str
+    source_key: str
+    target_language: str
+    shared: SharedArtifacts
+    mixing_mode: MixingMode = MixingMode.VOICEOVER_WITHOUT_ORIGINAL_VOICE
+    target_script_key: str | None = None
+    lipsync: bool = False
+    timing: TimingPolicy = field(default_factory=TimingPolicy)
+    task_queues: dict[str, str] = field(default_factory=dict)
+    tenant: str = "default"
+
+    @property
+    def prefix(self) -> str:
+        """Object-key prefix for everything this language writes."""
         return f"jobs/{self.job_id}/{self.target_language}"
 
 
@@ -265,6 +295,17 @@ class StageTiming:
 
 
 @dataclass
+class SharedArtifacts:
+    """What the shared stages produced, handed to every language's workflow."""
+
+    probe: ProbeResult
+    separate: SeparateResult
+    speech_key: str
+    """16 kHz mono speech: the separated dialogue, or the mix when separation is off."""
+    transcript: TranscribeResult
+
+
+@dataclass
 class DubbingResult:
     job_id: str
     target_language: str
@@ -297,6 +338,64 @@ class JobStatus:
     source_language: str | None = None
     duration_ms: int | None = None
     result: DubbingResult | None = None
+
+
+@dataclass
+class JobProgress:
+    """What a `DubbingJobWorkflow`'s status query returns: the shared stages, and how each
+    language's child workflow ended (the children answer their own status queries)."""
+
+    job_id: str
+    target_languages: list[str]
+    state: JobState = JobState.QUEUED
+    stage: str | None = None
+    timings: list[StageTiming] = field(default_factory=list)
+    error_type: str | None = None
+    error_message: str | None = None
+    failed_stage: str | None = None
+    source_language: str | None = None
+    duration_ms: int | None = None
+    languages: dict[str, str] = field(default_factory=dict)
+    """Target language -> JobState value of its workflow."""
+
+
+@dataclass
+class SettleInput:
+    """Settle a job's reserved credits: charge ``delivered`` languages, refund the rest
+    (``languages`` empty = every language of the job)."""
+
+    job_id: str
+    delivered: list[str] = field(default_factory=list)
+    languages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SettleResult:
+    settled_minutes: int
+    refunded_minutes: int
+
+
+@dataclass
+class WebhookInput:
+    delivery_id: str
+    tenant: str
+    job_id: str
+    event: str
+    url: str
+    payload: dict[str, object]
+    max_attempts: int = 8
+
+
+@dataclass
+class WebhookResult:
+    status_code: int
+    attempts: int
+
+
+SETTLE_ACTIVITY = "settle_credits"
+WEBHOOK_ACTIVITY = "deliver_webhook"
+"""Account activities: they run on `WORKFLOW_TASK_QUEUE`, next to the workflows, on
+workers that reach the database."""
 
 
 #: Activity name per stage (activities register under these names; fakes in tests too).

@@ -8,9 +8,16 @@
     │   ├── UnsupportedLanguageError  no engine serves this language (pair)
     │   ├── NoSpeechError             nothing to dub: no speech was found
     │   ├── InvalidScriptError        a supplied script / transcript cannot be used
-    │   └── UploadTooLargeError       more bytes than declared or allowed
+    │   ├── UploadTooLargeError       more bytes than declared or allowed
+    │   ├── InvalidRequestError       a malformed request (header, URL, combination)
+    │   └── IdempotencyKeyReusedError the same Idempotency-Key with a different body
+    ├── UnauthorizedError             no, unknown or revoked credentials
+    ├── ForbiddenError                valid credentials, but not for this
+    ├── InsufficientCreditsError      the balance does not cover the job
+    ├── RateLimitedError              too many requests for this key; retry later
     ├── NotFoundError                 an object or job that does not exist
     ├── ConflictError                 the request does not fit the job's current state
+    │   └── RequestInProgressError    the first request with this Idempotency-Key still runs
     ├── ConfigurationError            the deployment is misconfigured (missing weights...)
     ├── EngineError                   an engine failed on valid input: transient, retried
     ├── StorageError                  the object store failed: transient, retried
@@ -70,12 +77,44 @@ class UploadTooLargeError(BadInputError):
     pass
 
 
+class InvalidRequestError(BadInputError):
+    pass
+
+
+class IdempotencyKeyReusedError(BadInputError):
+    pass
+
+
+class UnauthorizedError(DubbingError):
+    retryable = False
+
+
+class ForbiddenError(DubbingError):
+    retryable = False
+
+
+class InsufficientCreditsError(DubbingError):
+    retryable = False
+
+
+class RateLimitedError(DubbingError):
+    retryable = True
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotFoundError(DubbingError):
     retryable = False
 
 
 class ConflictError(DubbingError):
     retryable = False
+
+
+class RequestInProgressError(ConflictError):
+    pass
 
 
 class ConfigurationError(DubbingError):

@@ -17,14 +17,14 @@ from temporalio.common import (
 
 from dubcore.contracts import (
     WORKFLOW_TASK_QUEUE,
-    DubbingRequest,
-    DubbingResult,
+    JobProgress,
+    JobRequest,
     JobState,
     JobStatus,
 )
 from dubcore.errors import BadInputError, NotFoundError
 
-WORKFLOW_TYPE = "DubbingWorkflow"
+WORKFLOW_TYPE = "DubbingJobWorkflow"
 _FAILED_ACTIVITY_EVENTS = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity_task_failed_event_attributes",
     EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "activity_task_timed_out_event_attributes",
@@ -32,27 +32,37 @@ _FAILED_ACTIVITY_EVENTS = {
 }
 
 
-def workflow_id(job_id: str, target_language: str) -> str:
+def job_workflow_id(job_id: str) -> str:
+    return f"job-{job_id}"
+
+
+def language_workflow_id(job_id: str, target_language: str) -> str:
+    """The child workflow of one target language (started by the job's workflow)."""
     return f"dub-{job_id}-{target_language}"
 
 
-async def start_dubbing(client: Client, req: DubbingRequest) -> WorkflowHandle:
+async def start_job(client: Client, req: JobRequest) -> WorkflowHandle:
     attrs = TypedSearchAttributes([
         SearchAttributePair(SearchAttributeKey.for_keyword("JobStatus"), JobState.QUEUED.value),
         SearchAttributePair(SearchAttributeKey.for_keyword("TargetLanguage"),
-                            req.target_language),
+                            ",".join(req.target_languages)),
         SearchAttributePair(SearchAttributeKey.for_keyword("Tenant"), req.tenant),
     ])
     return await client.start_workflow(
-        WORKFLOW_TYPE, req, id=workflow_id(req.job_id, req.target_language),
-        task_queue=WORKFLOW_TASK_QUEUE, result_type=DubbingResult,
+        WORKFLOW_TYPE, req, id=job_workflow_id(req.job_id),
+        task_queue=WORKFLOW_TASK_QUEUE, result_type=JobProgress,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=attrs, memo={"job_id": req.job_id, "notes": req.notes})
 
 
-async def job_status(client: Client, wf_id: str) -> JobStatus:
-    """The workflow's own status; works while running and after it ended."""
-    handle = client.get_workflow_handle(wf_id)
+async def job_progress(client: Client, job_id: str) -> JobProgress:
+    """The job workflow's own status; works while running and after it ended."""
+    handle = client.get_workflow_handle(job_workflow_id(job_id))
+    return await handle.query("status", result_type=JobProgress)
+
+
+async def language_status(client: Client, job_id: str, language: str) -> JobStatus:
+    handle = client.get_workflow_handle(language_workflow_id(job_id, language))
     return await handle.query("status", result_type=JobStatus)
 
 
@@ -86,3 +96,21 @@ async def retry_from_failed_stage(client: Client, wf_id: str) -> str:
             workflow_task_finish_event_id=reset_point,
             request_id=str(uuid.uuid4())))
     return str(resp.run_id)
+
+
+async def failed_workflows(client: Client, job_id: str) -> list[tuple[str, str | None]]:
+    """What a retry of this job must reset: ``(workflow id, language)`` pairs. The job's
+    own workflow when a shared stage failed, otherwise each failed language's workflow."""
+    progress = await job_progress(client, job_id)
+    if progress.state is JobState.FAILED and progress.failed_stage is not None:
+        return [(job_workflow_id(job_id), None)]
+    out: list[tuple[str, str | None]] = []
+    for lang in progress.languages:
+        wf_id = language_workflow_id(job_id, lang)
+        desc = await client.get_workflow_handle(wf_id).describe()
+        if desc.status == WorkflowExecutionStatus.FAILED:
+            out.append((wf_id, lang))
+    if not out:
+        raise BadInputError(f"only a failed job can be retried; this one is "
+                            f"{progress.state.value}")
+    return out

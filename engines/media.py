@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,7 +10,10 @@ import av
 import av.error
 import numpy as np
 
-from dubcore.errors import CorruptMediaError, UnsupportedMediaError
+from dubcore.errors import CorruptMediaError
+from dubcore.media_info import MediaInfo, open_media, probe
+
+__all__ = ["MediaInfo", "decode_audio", "mux", "probe", "time_stretch"]
 
 log = logging.getLogger(__name__)
 
@@ -19,53 +21,6 @@ log = logging.getLogger(__name__)
 MP4_COPYABLE_VIDEO = frozenset({"h264", "hevc", "mpeg4", "av1", "vp9"})
 OUTPUT_AUDIO_RATE_HZ = 48_000
 OUTPUT_AUDIO_BITRATE = 192_000
-
-
-@dataclass
-class MediaInfo:
-    duration_ms: int
-    has_video: bool
-    sample_rate_hz: int
-    channels: int
-    video_codec: str | None = None
-    width: int = 0
-    height: int = 0
-    fps: float = 0.0
-
-
-def _open(path: Path) -> av.container.InputContainer:
-    try:
-        return av.open(str(path), mode="r")
-    except av.error.InvalidDataError as e:
-        raise UnsupportedMediaError(
-            "the file is not a media container we can read (is it a video?)") from e
-    except av.error.FFmpegError as e:
-        raise UnsupportedMediaError(f"cannot open the media: {e.strerror or e}") from e
-
-
-def probe(path: Path) -> MediaInfo:
-    with _open(path) as c:
-        if not c.streams.audio:
-            raise UnsupportedMediaError("the media has no audio track, so there is nothing to dub")
-        audio = c.streams.audio[0]
-        video = c.streams.video[0] if c.streams.video else None
-        if c.duration is not None:
-            duration_s = c.duration / av.time_base
-        elif audio.duration is not None and audio.time_base is not None:
-            duration_s = float(audio.duration * audio.time_base)
-        else:
-            raise CorruptMediaError("the media does not declare a duration")
-        if duration_s <= 0:
-            raise CorruptMediaError("the media has zero duration")
-        info = MediaInfo(duration_ms=round(duration_s * 1000), has_video=video is not None,
-                         sample_rate_hz=audio.codec_context.sample_rate or 0,
-                         channels=audio.codec_context.channels or 0)
-        if video is not None:
-            info.video_codec = video.codec_context.name
-            info.width, info.height = video.codec_context.width, video.codec_context.height
-            rate = video.average_rate or video.base_rate
-            info.fps = float(rate) if rate else 0.0
-        return info
 
 
 def decode_audio(path: Path, rate_hz: int, channels: int) -> np.ndarray:
@@ -76,7 +31,7 @@ def decode_audio(path: Path, rate_hz: int, channels: int) -> np.ndarray:
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate_hz)
     chunks: list[np.ndarray] = []
     try:
-        with _open(path) as c:
+        with open_media(path) as c:
             stream = c.streams.audio[0]
             for frame in c.decode(stream):
                 for out in resampler.resample(frame):
@@ -127,7 +82,7 @@ def mux(source: Path, audio: np.ndarray, audio_rate_hz: int, output: Path,
     The video stream is copied when MP4 can carry it, else re-encoded with H.264 at the same
     resolution and frame rate. Returns True when the video was copied."""
     video_path = video_source or source
-    with _open(video_path) as inp, av.open(str(output), mode="w", format="mp4") as out:
+    with open_media(video_path) as inp, av.open(str(output), mode="w", format="mp4") as out:
         vin = inp.streams.video[0] if inp.streams.video else None
         copied = vin is not None and vin.codec_context.name in MP4_COPYABLE_VIDEO
         vout = None

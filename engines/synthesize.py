@@ -25,7 +25,13 @@ from typing import Protocol
 import numpy as np
 
 from dubcore.errors import ConfigurationError, EngineError, UnsupportedLanguageError
-from dubcore.languages import primary
+from dubcore.languages import (
+    ESPEAK_VARIANTS,
+    ESPEAK_VOICES,
+    KOKORO_LANGUAGES,
+    KOKORO_VOICES,
+    primary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +69,6 @@ def trim_silence(audio: np.ndarray, rate_hz: int, threshold: float = 0.01,
 
 
 # ---- espeak-ng (phonemes for Kokoro, and a fallback voice of its own) --------------------
-
-#: BCP-47 primary tag (or full tag) -> espeak-ng voice.
-ESPEAK_VOICES = {"pt-br": "pt-br", "pt-pt": "pt", "pt": "pt-br", "en": "en-us", "en-gb": "en-gb",
-                 "es": "es", "de": "de", "it": "it", "fr": "fr-fr", "nl": "nl", "pl": "pl",
-                 "ru": "ru", "tr": "tr", "sv": "sv", "da": "da", "fi": "fi", "ro": "ro",
-                 "cs": "cs", "el": "el", "hu": "hu", "uk": "uk", "hi": "hi", "id": "id",
-                 "vi": "vi", "ca": "ca", "ja": "ja", "ko": "ko", "zh": "cmn", "ar": "ar"}
-
 
 def espeak_binary() -> str:
     found = shutil.which("espeak-ng")
@@ -126,8 +124,7 @@ class EspeakEngine:
     name = "espeak"
     sample_rate_hz = 22_050
     _WPM = 160
-    _VARIANTS = [("m3", "male"), ("f3", "female"), ("m1", "male"), ("f4", "female"),
-                 ("m5", "male"), ("f2", "female")]
+    _VARIANTS = ESPEAK_VARIANTS
 
     def __init__(self) -> None:
         espeak_binary()
@@ -154,9 +151,8 @@ class KokoroEngine:
     name = "kokoro"
     sample_rate_hz = 24_000
     MAX_TOKENS = 510
-    LANGUAGES = frozenset({"pt", "es", "en", "de", "it"})
-    _VOICES = [("jm_kumo", "male"), ("jf_nezumi", "female"), ("jf_gongitsune", "female"),
-               ("jf_tebukuro", "female"), ("jf_alpha", "female")]
+    LANGUAGES = KOKORO_LANGUAGES
+    _VOICES = KOKORO_VOICES
     #: Derived voices (style-vector blends) so that more speakers of one gender than the
     #: package ships still get distinct voices.
     _BLENDS = [("jm_kumo~tebukuro", "male", ("jm_kumo", "jf_tebukuro", 0.3))]

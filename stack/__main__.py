@@ -22,6 +22,7 @@ import httpx
 
 from dubcore.settings import get_settings
 from stack import devserver
+from stack.admin import ensure_demo_key
 from stack.client import DubClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,13 +68,14 @@ def _wait_http(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float 
 def _bar(job: dict[str, Any]) -> str:
     pct = int(job.get("progress_percent") or 0)
     filled = pct * 30 // 100
-    stage = job.get("stage") or job["status"]
+    running = [lo["stage"] for lo in job.get("languages", []) if lo.get("stage")]
+    stage = job.get("stage") or (running[0] if running else job["status"])
     return f"\r[{'#' * filled}{'.' * (30 - filled)}] {pct:3d}%  {stage:<12}"
 
 
-def run_demo(api_url: str, sample: Path, target: str, out_dir: Path,
+def run_demo(api_url: str, api_key: str, sample: Path, target: str, out_dir: Path,
              ui_url: str) -> dict[str, Any]:
-    with DubClient(api_url) as client:
+    with DubClient(api_url, api_key) as client:
         sys.stdout.write(f"Uploading {sample.name} ...\n")
         job_id = client.upload(sample)
         job = client.start(job_id, source_language="auto", target_language=target,
@@ -93,7 +95,7 @@ def run_demo(api_url: str, sample: Path, target: str, out_dir: Path,
                              f"{err.get('message')}")
         dest = client.download(job_id, out_dir / f"{sample.stem}.{target}.mp4")
     wall = time.monotonic() - started
-    result = job["result"]
+    result = job["languages"][0]["result"]
     lips = result["lipsync"]
     lipsync = f"skipped - {lips['reason']}" if lips["skipped"] else "applied"
     sys.stdout.write(
@@ -101,7 +103,8 @@ def run_demo(api_url: str, sample: Path, target: str, out_dir: Path,
         f"(source language {job['source_language']}, {len(result['speakers'])} speakers, "
         f"lip-sync: {lipsync}).\n"
         f"Stages: " + ", ".join(f"{s['stage']} {s['duration_ms'] / 1000:.1f}s"
-                                for s in job["stages"]) + "\n"
+                                for s in job["stages"] + job["languages"][0]["stages"])
+        + "\n"
         f"Result: {dest}\nWeb UI: {job['temporal_ui_url']}\n")
     return job
 
@@ -145,8 +148,10 @@ def main() -> None:
         procs.append(_spawn("api", env, logs / "api.log"))
         _wait_http(f"{api_url}/healthz", procs)
         sys.stdout.write(f"API {api_url} (reference: {api_url}/docs), logs in {logs}\n")
+        api_key = ensure_demo_key(settings)
+        sys.stdout.write(f"Demo tenant API key in {data_dir / 'demo-api-key'}\n")
         if not args.no_demo:
-            run_demo(api_url, args.sample, args.target, data_dir / "out",
+            run_demo(api_url, api_key, args.sample, args.target, data_dir / "out",
                      env["DUB_TEMPORAL_UI_URL"])
         if not args.demo_only:
             sys.stdout.write("Serving; Ctrl-C stops every process this started.\n")

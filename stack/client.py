@@ -16,10 +16,12 @@ _CHUNK = 1024 * 1024
 
 
 class ApiError(RuntimeError):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any],
+                 retry_after_s: str | None = None) -> None:
         super().__init__(f"{status} {body.get('error')}: {body.get('message')}")
         self.status = status
         self.body = body
+        self.retry_after_s = retry_after_s
 
 
 class DubClient:
@@ -43,15 +45,16 @@ class DubClient:
                 body = resp.json()
             except ValueError:
                 body = {"error": "HTTPError", "message": resp.text}
-            raise ApiError(resp.status_code, body)
+            raise ApiError(resp.status_code, body, resp.headers.get("Retry-After"))
         return resp.json() if resp.content else {}
 
     def upload(self, path: Path, content_type: str = "video/mp4",
                progress: Callable[[int, int], None] | None = None) -> str:
         """Reserve a slot, PUT the file to its presigned URL; returns the job id."""
         size = path.stat().st_size
-        slot = self._check(self._http.post("/v1/dubbing/uploads", params={
-            "content_type": content_type, "content_length": size}))
+        slot = self._check(self._http.post("/v1/dubbing/uploads", json={
+            "kind": "source", "file_name": path.name, "content_type": content_type,
+            "size_bytes": size}))
 
         def body() -> Iterator[bytes]:
             sent = 0
@@ -82,7 +85,13 @@ class DubClient:
              poll_s: float = 1.0, timeout_s: float = 3600.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
-            job = self.status(job_id)
+            try:
+                job = self.status(job_id)
+            except ApiError as e:
+                if e.status != 429:
+                    raise
+                time.sleep(float(e.retry_after_s or poll_s))
+                continue
             if on_update:
                 on_update(job)
             if job["status"] in TERMINAL:
@@ -91,8 +100,9 @@ class DubClient:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)
 
-    def download(self, job_id: str, dest: Path) -> Path:
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/result",
+    def download(self, job_id: str, dest: Path, language: str | None = None) -> Path:
+        params = {"language": language} if language else {}
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/result", params=params,
                                follow_redirects=True) as resp:
             if resp.status_code >= 400:
                 resp.read()

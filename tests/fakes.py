@@ -62,6 +62,7 @@ class FakeStages:
         self.calls: list[Stage] = []
         self.counts: Counter[Stage] = Counter()
         self.behaviour: dict[Stage, Callable[[int], None]] = {}
+        self.behaviour_with_input: dict[Stage, Callable[[int, Any], None]] = {}
         self._lock = threading.Lock()
 
     def activities(self) -> list[Callable[..., Any]]:
@@ -75,6 +76,8 @@ class FakeStages:
                 attempt = self.counts[stage]
             if stage in self.behaviour:
                 self.behaviour[stage](attempt)
+            if stage in self.behaviour_with_input:
+                self.behaviour_with_input[stage](attempt, inp)
             return RESULTS[stage](inp)
 
         # The real activity's input type, so the payload converter builds the dataclass.

@@ -17,6 +17,8 @@ import uvicorn
 from temporalio.client import Client
 
 from api.app import create_app
+from dubcore import accounts
+from dubcore.db import make_engine, make_sessionmaker
 from dubcore.settings import Settings
 from dubcore.storage import make_store
 from stack.devserver import free_port
@@ -28,6 +30,12 @@ class Stack:
     settings: Settings
     api_url: str
     client: Client
+    api_key: str
+    """Of tenant "acme", created with 60 minutes."""
+
+    def new_tenant(self, tenant_id: str, minutes: int = 60) -> str:
+        with make_sessionmaker(make_engine(self.settings))() as s:
+            return accounts.create_tenant(s, tenant_id, minutes=minutes)[1]
 
 
 class _Server(uvicorn.Server):
@@ -72,5 +80,7 @@ async def running_stack(client: Client, data_dir: Path, **overrides: object
             for w in workers:
                 await stack.enter_async_context(w)
             with api_server(settings) as url:
-                yield Stack(settings=settings, api_url=url, client=client)
+                stack = Stack(settings=settings, api_url=url, client=client, api_key="")
+                stack.api_key = stack.new_tenant("acme")
+                yield stack
             await asyncio.sleep(0)

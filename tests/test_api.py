@@ -3,6 +3,8 @@ error contract. Starting and following real jobs is covered in test_e2e.py."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,14 +12,23 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from dubcore import accounts
+from dubcore.db import IdempotencyRecord, utcnow
 from dubcore.settings import Settings
+
+SETTINGS = {"public_base_url": "http://testserver", "max_upload_bytes": 1_000_000,
+            "temporal_address": "127.0.0.1:1", "admin_token": "op-secret"}
+
+
+def _tenant(app, tenant_id: str, minutes: int = 30) -> str:  # type: ignore[no-untyped-def]
+    with app.state.services.sessions() as s:
+        return accounts.create_tenant(s, tenant_id, minutes=minutes)[1]
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, public_base_url="http://testserver",
-                        max_upload_bytes=1_000_000, temporal_address="127.0.0.1:1")
-    with TestClient(create_app(settings)) as c:
+    app = create_app(Settings(data_dir=tmp_path, **SETTINGS))
+    with TestClient(app, headers={"X-API-Key": _tenant(app, "acme")}) as c:
         yield c
 
 
@@ -45,7 +56,7 @@ def test_upload_slot_then_signed_put_and_get(client: TestClient, sample_video: P
     assert job["status"] == "waiting_upload" and job["workflow_id"] is None
     # The local store's download URLs are signed the same way.
     store = client.app.state.services.store  # type: ignore[attr-defined]
-    key = f"uploads/{slot['job_id']}/source.mp4"
+    key = slot["object_key"]
     got = client.get(store.presign_get(key, 60, filename="x.mp4").url)
     assert got.status_code == 200 and got.content == data
 
@@ -67,7 +78,12 @@ def test_upload_slot_validation(client: TestClient) -> None:
     _error(client.post("/v1/dubbing/uploads",
                        params={"content_type": "video/mp4", "content_length": 10**9}),
            413, "UploadTooLargeError")
-    _error(client.post("/v1/dubbing/uploads"), 422, "ValidationError")
+    _error(client.post("/v1/dubbing/uploads"), 400, "InvalidRequestError")
+    _error(client.post("/v1/dubbing/uploads", json={"kind": "glossary", "size_bytes": 10,
+                                                     "content_type": "video/mp4"}),
+           415, "UnsupportedMediaError")
+    _error(client.post("/v1/dubbing/uploads", content=b"{nope",
+                       headers={"Content-Type": "application/json"}), 400, "BadRequest")
 
 
 def test_start_is_validated_before_any_work(client: TestClient) -> None:
@@ -77,6 +93,8 @@ def test_start_is_validated_before_any_work(client: TestClient) -> None:
     msg = _error(client.post(f"/v1/dubbing/jobs/{job_id}/start",
                              json={"target_language": "pt-BR"}), 422, "BadInputError")
     assert "not been uploaded" in msg
+    assert "target_languages" in _error(
+        client.post(f"/v1/dubbing/jobs/{job_id}/start", json={}), 422, "ValidationError")
     up = client.post(f"/v1/dubbing/jobs/{job_id}/start", json={"target_language": "pt BR"})
     assert "BCP-47" in _error(up, 422, "ValidationError")
     bad_mode = client.post(f"/v1/dubbing/jobs/{job_id}/start",
@@ -84,10 +102,12 @@ def test_start_is_validated_before_any_work(client: TestClient) -> None:
     _error(bad_mode, 422, "ValidationError")
 
 
-def test_unsupported_language_pairs_are_refused(client: TestClient) -> None:
-    slot = _slot(client, content_length=4)
+def test_unsupported_language_pairs_are_refused(client: TestClient,
+                                                sample_video: Path) -> None:
+    data = sample_video.read_bytes()
+    slot = _slot(client, content_length=len(data))
     up = slot["upload"]
-    client.put(up["url"], content=b"abcd", headers=up["headers"])
+    client.put(up["url"], content=data, headers=up["headers"])
     start = f"/v1/dubbing/jobs/{slot['job_id']}/start"
     msg = _error(client.post(start, json={"source_language": "en", "target_language": "ja"}),
                  422, "UnsupportedLanguageError")
@@ -98,6 +118,7 @@ def test_unsupported_language_pairs_are_refused(client: TestClient) -> None:
     _error(client.post(start, json={"source_language": "en", "target_language": "pt-BR"}),
            503, "ServiceUnavailableError")
     assert client.get(f"/v1/jobs/{slot['job_id']}").json()["status"] == "waiting_upload"
+    assert client.get("/v1/balance").json() == {"balance_minutes": 30}  # refunded
 
 
 def test_unknown_job_and_result(client: TestClient) -> None:
@@ -108,3 +129,118 @@ def test_unknown_job_and_result(client: TestClient) -> None:
 def test_openapi_is_served(client: TestClient) -> None:
     spec = client.get("/api/openapi").json()
     assert "/v1/dubbing/uploads" in spec["paths"] and "/v1/jobs/{job_id}" in spec["paths"]
+
+
+def test_keys_are_required_and_checked(client: TestClient) -> None:
+    key = client.headers["X-API-Key"]
+    bare = {"X-API-Key": ""}
+    msg = _error(client.get("/v1/balance", headers=bare), 401, "UnauthorizedError")
+    assert "X-API-Key" in msg
+    _error(client.get("/v1/balance", headers={"X-API-Key": key + "x"}), 401,
+           "UnauthorizedError")
+    ok = client.get("/v1/balance", headers={"X-API-Key": "", "Authorization": f"Bearer {key}"})
+    assert ok.status_code == 200 and ok.json() == {"balance_minutes": 30}
+
+
+def test_tenants_never_see_each_other(client: TestClient, sample_video: Path) -> None:
+    other = {"X-API-Key": _tenant(client.app, "globex", minutes=5)}
+    data = sample_video.read_bytes()
+    slot = _slot(client, content_length=len(data))
+    job = slot["job_id"]
+    for method, path in [("GET", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/download"),
+                         ("GET", f"/v1/jobs/{job}/result"), ("POST", f"/v1/jobs/{job}/cancel"),
+                         ("POST", f"/v1/jobs/{job}/retry"), ("DELETE", f"/v1/jobs/{job}"),
+                         ("GET", f"/v1/jobs/{job}/webhooks")]:
+        _error(client.request(method, path, headers=other), 404, "NotFoundError")
+    _error(client.post(f"/v1/dubbing/jobs/{job}/start", headers=other,
+                       json={"target_language": "pt-BR"}), 404, "NotFoundError")
+    _error(client.post("/v1/dubbing/jobs", headers=other,
+                       json={"source_upload_id": slot["upload_id"], "target_language": "pt"}),
+           404, "NotFoundError")
+    assert client.get("/v1/jobs", headers=other).json()["jobs"] == []
+    assert [j["job_id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job]
+    # The owner still has it, untouched.
+    assert client.get(f"/v1/jobs/{job}").json()["status"] == "waiting_upload"
+    deleted = client.delete(f"/v1/jobs/{job}")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    _error(client.get(f"/v1/jobs/{job}"), 404, "NotFoundError")
+
+
+def test_idempotency_key_replays_refuses_and_detects_in_flight(client: TestClient) -> None:
+    body = {"kind": "source", "content_type": "video/mp4", "size_bytes": 1000}
+    first = client.post("/v1/dubbing/uploads", json=body, headers={"Idempotency-Key": "k1"})
+    again = client.post("/v1/dubbing/uploads", json=body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert len(client.get("/v1/jobs").json()["jobs"]) == 1  # one job, not two
+    changed = client.post("/v1/dubbing/uploads", json={**body, "size_bytes": 999},
+                          headers={"Idempotency-Key": "k1"})
+    _error(changed, 422, "IdempotencyKeyReusedError")
+    # Another tenant's identical key is its own.
+    other = {"X-API-Key": _tenant(client.app, "globex"), "Idempotency-Key": "k1"}
+    assert client.post("/v1/dubbing/uploads", json=body, headers=other).json()["job_id"] != \
+        first.json()["job_id"]
+    # A request still running under the key: 409.
+    with client.app.state.services.sessions() as s:  # type: ignore[attr-defined]
+        s.add(IdempotencyRecord(scope="acme", key="k2", request_hash="x" * 64,
+                                state="in_flight", expires_at=utcnow().replace(year=2999)))
+        s.commit()
+    busy = client.post("/v1/dubbing/uploads", json=body, headers={"Idempotency-Key": "k2"})
+    _error(busy, 422, "IdempotencyKeyReusedError")
+    raw = json.dumps(body).encode()
+    digest = hashlib.sha256(b"\n".join([b"POST", b"/v1/dubbing/uploads", b"", raw])).hexdigest()
+    with client.app.state.services.sessions() as s:  # type: ignore[attr-defined]
+        s.get(IdempotencyRecord, ("acme", "k2")).request_hash = digest
+        s.commit()
+    busy = client.post("/v1/dubbing/uploads", content=raw,
+                       headers={"Idempotency-Key": "k2", "Content-Type": "application/json"})
+    _error(busy, 409, "RequestInProgressError")
+
+
+def test_rate_limit_per_key(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path, **SETTINGS, rate_limit_per_minute=60,
+                              rate_limit_burst=3))
+    with TestClient(app) as c:
+        a, b = _tenant(app, "acme"), _tenant(app, "globex")
+        codes = [c.get("/v1/balance", headers={"X-API-Key": a}).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        limited = c.get("/v1/balance", headers={"X-API-Key": a})
+        assert limited.headers["Retry-After"] == "1"
+        _error(limited, 429, "RateLimitedError")
+        assert c.get("/v1/balance", headers={"X-API-Key": b}).status_code == 200  # per key
+
+
+def test_admin_routes_need_the_operator_credential(client: TestClient) -> None:
+    _error(client.get("/admin/api/tenants"), 403, "ForbiddenError")  # a tenant key
+    _error(client.get("/admin/api/tenants", headers={"X-API-Key": ""}), 401,
+           "UnauthorizedError")
+    op = {"X-API-Key": "", "X-Admin-Token": "op-secret"}
+    _error(client.get("/admin/api/tenants", headers={**op, "X-Admin-Token": "nope"}), 401,
+           "UnauthorizedError")
+    made = client.post("/admin/api/tenants", headers=op,
+                       json={"tenant_id": "initech", "minutes": 12})
+    assert made.status_code == 201
+    new_key = made.json()["api_key"]
+    assert client.get("/v1/balance", headers={"X-API-Key": new_key}).json() == {
+        "balance_minutes": 12}
+    client.post("/admin/api/tenants/initech/credits", headers=op, json={"minutes": 8})
+    assert client.get("/v1/balance", headers={"X-API-Key": new_key}).json() == {
+        "balance_minutes": 20}
+    ids = [t["tenant_id"] for t in client.get("/admin/api/tenants", headers=op).json()]
+    assert ids == ["acme", "initech"]
+    page = client.get("/admin", headers=op)
+    assert page.status_code == 200 and "initech" in page.text
+
+
+def test_discovery(client: TestClient) -> None:
+    langs = client.get("/v1/languages").json()
+    stages = {s["stage"]: s for s in langs["stages"]}
+    assert "en" in stages["transcribe"]["languages"] and stages["translate"]["engine"]
+    assert ["en", "pt"] in langs["translation_pairs"]
+    voices = client.get("/v1/voices", params={"language": "pt-BR"}).json()["voices"]["pt-BR"]
+    keys = [v["voice_key"] for v in voices]
+    assert "kokoro:jm_kumo" in keys and any(k.startswith("espeak:pt-br") for k in keys)
+    assert {v["style"] for v in voices} == {"masculine", "feminine"}
+    opts = client.get("/v1/options").json()
+    assert "auto" in opts["source_languages"] and "voiceover_only" in opts["mixing_modes"]
+    assert client.get("/docs").status_code == 200

@@ -23,18 +23,22 @@ async def _follow(client: DubClient, job_id: str) -> dict:
 async def test_dubs_the_sample_into_portuguese(dev_env: WorkflowEnvironment, tmp_path: Path,
                                                sample_video: Path, whisper) -> None:
     async with running_stack(dev_env.client, tmp_path / "data") as stack:
-        with DubClient(stack.api_url) as api:
+        with DubClient(stack.api_url, stack.api_key) as api:
             job_id = await asyncio.to_thread(api.upload, sample_video)
             started = await asyncio.to_thread(
                 api.start, job_id, source_language="auto", target_language="pt-BR",
                 mixing_mode="voiceover_without_original_voice", lipsync=True, notes="e2e")
             assert started["status"] in {"queued", "running"}
             assert started["temporal_ui_url"].endswith(started["workflow_id"])
-            seen_stages: set[str] = set()
+            assert started["cost_minutes"] == 1 and started["balance_minutes"] == 59
+            seen: set[tuple[str, int]] = set()
             job = await asyncio.to_thread(
-                api.wait, job_id, lambda j: seen_stages.add(j.get("stage") or ""), 0.3, 900)
+                api.wait, job_id, lambda j: seen.add((j.get("stage") or "",
+                                                      j["progress_percent"])), 0.3, 900)
             assert job["status"] == "completed", job.get("error")
             out = await asyncio.to_thread(api.download, job_id, tmp_path / "dub.mp4")
+            balance = api._check(api._http.get("/v1/balance"))
+            assert balance == {"balance_minutes": 59}  # settled: charged once
 
     # The result plays: the source's video, a new audio track, the same duration.
     src, dub = media.probe(sample_video), media.probe(out)
@@ -43,8 +47,11 @@ async def test_dubs_the_sample_into_portuguese(dev_env: WorkflowEnvironment, tmp
     assert abs(dub.duration_ms - src.duration_ms) <= 0.01 * src.duration_ms
     assert job["source_language"] == "en" and job["progress_percent"] == 100
     assert [s["stage"] for s in job["stages"]] == [
-        "probe", "separate", "diarize", "transcribe", "translate", "synthesize", "lipsync", "mix"]
-    assert len(seen_stages - {""}) >= 2  # progress was visible while it ran
+        "probe", "separate", "diarize", "transcribe"]
+    lang = job["languages"][0]
+    assert lang["language"] == "pt-BR" and lang["status"] == "completed"
+    assert [s["stage"] for s in lang["stages"]] == ["translate", "synthesize", "lipsync", "mix"]
+    assert len({p for _, p in seen}) >= 3  # progress was visible while it ran
 
     # An independent ASR pass hears Portuguese.
     language, probability, words = whisper.transcribe(
@@ -54,7 +61,7 @@ async def test_dubs_the_sample_into_portuguese(dev_env: WorkflowEnvironment, tmp
     assert "madeira" in heard and "segurança" in heard
 
     # Two speakers, two distinct voices; fit figures for every segment; nothing cut off.
-    result = job["result"]
+    result = lang["result"]
     voices = {s["speaker_id"]: s["voice_key"] for s in result["speakers"]}
     assert len(voices) == 2 and len(set(voices.values())) == 2
     segments = result["segments"]
@@ -67,24 +74,24 @@ async def test_dubs_the_sample_into_portuguese(dev_env: WorkflowEnvironment, tmp
     assert abs(result["loudness_lufs"] - -16.0) < 1.0
 
 
-async def test_corrupt_upload_fails_fast_with_a_readable_error(
+async def test_corrupt_upload_is_refused_at_start_and_costs_nothing(
         dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
     bogus = tmp_path / "holiday.mp4"
     bogus.write_bytes(np.random.default_rng(0).bytes(200_000))
     async with running_stack(dev_env.client, tmp_path / "data") as stack:
-        with DubClient(stack.api_url) as api:
+        with DubClient(stack.api_url, stack.api_key) as api:
             job_id = await asyncio.to_thread(api.upload, bogus)
-            await asyncio.to_thread(api.start, job_id, target_language="pt-BR",
-                                    source_language="en")
-            job = await _follow(api, job_id)
-            assert job["status"] == "failed"
-            assert job["error"]["type"] == "UnsupportedMediaError"
-            assert job["error"]["stage"] == "probe"
-            assert "media container" in job["error"]["message"]
+            # The server probes the upload before it reserves credits or starts anything.
             with pytest.raises(ApiError) as err:
+                await asyncio.to_thread(api.start, job_id, target_language="pt-BR",
+                                        source_language="en")
+            assert err.value.status == 415
+            assert err.value.body["error"] == "UnsupportedMediaError"
+            assert "media container" in err.value.body["message"]
+            job = await asyncio.to_thread(api.status, job_id)
+            assert job["status"] == "waiting_upload" and job["workflow_id"] is None
+            balance = api._check(api._http.get("/v1/balance"))
+            assert balance == {"balance_minutes": 60}
+            with pytest.raises(ApiError) as none_yet:
                 await asyncio.to_thread(api.download, job_id, tmp_path / "x.mp4")
-            assert err.value.status == 409 and err.value.body["error"] == "ConflictError"
-            # Starting it again is refused; nothing is double-started.
-            with pytest.raises(ApiError) as again:
-                await asyncio.to_thread(api.start, job_id, target_language="pt-BR")
-            assert again.value.status == 409
+            assert none_yet.value.status == 409

@@ -1,58 +1,157 @@
-"""DubbingWorkflow on the time-skipping test server, with fake activities."""
+"""DubbingJobWorkflow and its per-language DubbingWorkflow children on the time-skipping
+test server, with fake stage activities and the real account activities on SQLite."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from dubcore.contracts import STAGES, DubbingRequest, DubbingResult, JobState, JobStatus, Stage
-from dubcore.errors import CorruptMediaError, EngineError
+from activities.account import AccountActivities
+from dubcore import accounts, jobs
+from dubcore.contracts import (
+    LANGUAGE_STAGES,
+    SHARED_STAGES,
+    STAGES,
+    JobProgress,
+    JobRequest,
+    JobState,
+    JobStatus,
+    Stage,
+)
+from dubcore.db import make_engine, make_sessionmaker
+from dubcore.errors import CorruptMediaError, EngineError, UnsupportedLanguageError
+from dubcore.settings import Settings
 from tests.fakes import FakeStages
 from workflows.dubbing import DubbingWorkflow
+from workflows.job import DubbingJobWorkflow
 
 
-def _request(queue: str) -> DubbingRequest:
-    return DubbingRequest(job_id=uuid.uuid4().hex, source_key="uploads/x/source.mp4",
-                          target_language="pt-BR",
-                          task_queues={s.value: queue for s in STAGES})
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(Settings(data_dir=tmp_path))
+    maker = make_sessionmaker(engine)
+    with maker() as s:
+        accounts.create_tenant(s, "acme", minutes=100)
+    yield maker
+    engine.dispose()
 
 
-async def _run(client: Client, fakes: FakeStages, queue: str,
-               req: DubbingRequest) -> tuple[DubbingResult | BaseException, JobStatus]:
+@dataclass
+class Run:
+    result: JobProgress | BaseException
+    progress: JobProgress
+    languages: dict[str, JobStatus]
+    reservations: dict[str, str]
+
+
+def _request(queue: str, sessions: sessionmaker[Session], *langs: str) -> JobRequest:
+    req = JobRequest(job_id=uuid.uuid4().hex, source_key="uploads/x/source.mp4",
+                     target_languages=list(langs or ["pt-BR"]), tenant="acme",
+                     task_queues={s.value: queue for s in STAGES})
+    with sessions() as s:
+        accounts.reserve(s, "acme", req.job_id, req.target_languages, 1)
+    return req
+
+
+def _worker(client: Client, queue: str, fakes: FakeStages, sessions: sessionmaker[Session],
+            pool: ThreadPoolExecutor) -> Worker:
+    account = AccountActivities(sessions, Settings())
+    return Worker(client, task_queue=queue, workflows=[DubbingJobWorkflow, DubbingWorkflow],
+                  activities=[*fakes.activities(), account.settle_credits],
+                  activity_executor=pool)
+
+
+async def _run(client: Client, fakes: FakeStages, queue: str, req: JobRequest,
+               sessions: sessionmaker[Session]) -> Run:
     with ThreadPoolExecutor(4) as pool:
-        async with Worker(client, task_queue=queue, workflows=[DubbingWorkflow],
-                          activities=fakes.activities(), activity_executor=pool):
-            handle = await client.start_workflow(DubbingWorkflow.run, req, id=f"wf-{queue}",
-                                                 task_queue=queue)
+        async with _worker(client, queue, fakes, sessions, pool):
+            handle = await client.start_workflow(
+                DubbingJobWorkflow.run, req, id=jobs.job_workflow_id(req.job_id),
+                task_queue=queue)
             try:
-                result: DubbingResult | BaseException = await handle.result()
+                result: JobProgress | BaseException = await handle.result()
             except WorkflowFailureError as e:
                 result = e
-            status = await handle.query(DubbingWorkflow.status)
-    return result, status
+            progress = await jobs.job_progress(client, req.job_id)
+            langs = {}
+            for lang in progress.languages:
+                with contextlib.suppress(RPCError):  # never started: shared stages failed
+                    langs[lang] = await jobs.language_status(client, req.job_id, lang)
+    with sessions() as s:
+        held = {r.language: r.state for r in accounts.reservations(s, req.job_id)}
+    return Run(result, progress, langs, held)
 
 
-async def test_runs_every_stage_in_order(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_runs_every_stage_in_order(time_skipping_env: WorkflowEnvironment,
+                                         sessions: sessionmaker[Session]) -> None:
     queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
-    result, status = await _run(time_skipping_env.client, fakes, queue, _request(queue))
-    assert isinstance(result, DubbingResult)
+    run = await _run(time_skipping_env.client, fakes, queue, _request(queue, sessions),
+                     sessions)
+    assert isinstance(run.result, JobProgress)
     assert fakes.calls == list(STAGES)
-    assert result.output_key.endswith("/pt-BR/dubbed.mp4")
-    assert result.source_language == "en"
+    assert run.progress.state is JobState.COMPLETED
+    assert run.progress.languages == {"pt-BR": "completed"}
+    assert [t.stage for t in run.progress.timings] == [s.value for s in SHARED_STAGES]
+    status = run.languages["pt-BR"]
     assert status.state is JobState.COMPLETED and status.percent == 100
-    assert [t.stage for t in status.timings] == [s.value for s in STAGES]
-    assert status.duration_ms == 10_000 and status.error_type is None
+    assert status.result is not None and status.result.output_key.endswith("/pt-BR/dubbed.mp4")
+    assert status.result.source_language == "en" and status.duration_ms == 10_000
+    assert [t.stage for t in status.timings] == [s.value for s in LANGUAGE_STAGES]
+    assert run.reservations == {"pt-BR": "settled"}
 
 
-async def test_transient_failures_are_retried(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_languages_share_the_first_stages(time_skipping_env: WorkflowEnvironment,
+                                                sessions: sessionmaker[Session]) -> None:
+    queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
+    req = _request(queue, sessions, "pt-BR", "es", "fr")
+    run = await _run(time_skipping_env.client, fakes, queue, req, sessions)
+    assert isinstance(run.result, JobProgress)
+    assert all(fakes.counts[s] == 1 for s in SHARED_STAGES)
+    assert all(fakes.counts[s] == 3 for s in LANGUAGE_STAGES)
+    outputs = {lang: st.result.output_key for lang, st in run.languages.items() if st.result}
+    assert outputs == {lang: f"jobs/{req.job_id}/{lang}/dubbed.mp4"
+                       for lang in ("pt-BR", "es", "fr")}
+    assert run.reservations == {"pt-BR": "settled", "es": "settled", "fr": "settled"}
+
+
+async def test_one_language_failing_leaves_the_others(
+        time_skipping_env: WorkflowEnvironment, sessions: sessionmaker[Session]) -> None:
+    queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
+
+    def no_french(attempt: int, inp: object) -> None:
+        if getattr(inp, "target_language", "") == "fr":
+            raise UnsupportedLanguageError("no engine translates en -> fr")
+
+    fakes.behaviour_with_input[Stage.TRANSLATE] = no_french
+    run = await _run(time_skipping_env.client, fakes, queue,
+                     _request(queue, sessions, "pt-BR", "fr"), sessions)
+    assert isinstance(run.result, JobProgress)
+    assert run.progress.state is JobState.COMPLETED
+    assert run.progress.languages == {"pt-BR": "completed", "fr": "failed"}
+    fr = run.languages["fr"]
+    assert fr.state is JobState.FAILED and fr.error_type == "UnsupportedLanguageError"
+    assert fr.failed_stage == "translate" and fakes.counts[Stage.TRANSLATE] == 2
+    assert run.reservations == {"pt-BR": "settled", "fr": "refunded"}
+    with sessions() as s:
+        assert accounts.balance(s, "acme") == 99
+
+
+async def test_transient_failures_are_retried(time_skipping_env: WorkflowEnvironment,
+                                              sessions: sessionmaker[Session]) -> None:
     queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
 
     def flaky(attempt: int) -> None:
@@ -60,15 +159,14 @@ async def test_transient_failures_are_retried(time_skipping_env: WorkflowEnviron
             raise EngineError("the engine hiccupped")
 
     fakes.behaviour[Stage.TRANSCRIBE] = flaky
-    result, status = await _run(time_skipping_env.client, fakes, queue, _request(queue))
-    assert isinstance(result, DubbingResult)
-    assert fakes.counts[Stage.TRANSCRIBE] == 3
-    assert fakes.counts[Stage.DIARIZE] == 1
-    assert status.state is JobState.COMPLETED
+    run = await _run(time_skipping_env.client, fakes, queue, _request(queue, sessions),
+                     sessions)
+    assert isinstance(run.result, JobProgress)
+    assert fakes.counts[Stage.TRANSCRIBE] == 3 and fakes.counts[Stage.DIARIZE] == 1
 
 
 async def test_unexpected_exceptions_are_retried_too(
-        time_skipping_env: WorkflowEnvironment) -> None:
+        time_skipping_env: WorkflowEnvironment, sessions: sessionmaker[Session]) -> None:
     queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
 
     def crash_once(attempt: int) -> None:
@@ -76,45 +174,56 @@ async def test_unexpected_exceptions_are_retried_too(
             raise RuntimeError("segfault-like surprise")
 
     fakes.behaviour[Stage.MIX] = crash_once
-    result, _ = await _run(time_skipping_env.client, fakes, queue, _request(queue))
-    assert isinstance(result, DubbingResult)
+    run = await _run(time_skipping_env.client, fakes, queue, _request(queue, sessions),
+                     sessions)
+    assert isinstance(run.result, JobProgress)
     assert fakes.counts[Stage.MIX] == 2
 
 
-async def test_bad_input_fails_fast_without_retry(
-        time_skipping_env: WorkflowEnvironment) -> None:
+async def test_bad_input_fails_fast_and_refunds(time_skipping_env: WorkflowEnvironment,
+                                               sessions: sessionmaker[Session]) -> None:
     queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
 
     def corrupt(attempt: int) -> None:
         raise CorruptMediaError("the audio track could not be decoded")
 
     fakes.behaviour[Stage.PROBE] = corrupt
-    result, status = await _run(time_skipping_env.client, fakes, queue, _request(queue))
-    assert isinstance(result, WorkflowFailureError)
-    cause = result.cause
+    run = await _run(time_skipping_env.client, fakes, queue,
+                     _request(queue, sessions, "pt-BR", "es"), sessions)
+    assert isinstance(run.result, WorkflowFailureError)
+    cause = run.result.cause
     assert isinstance(cause, ApplicationError) and cause.type == "CorruptMediaError"
     assert "could not be decoded" in cause.message
     assert fakes.calls == [Stage.PROBE]  # one attempt, nothing after it
-    assert status.state is JobState.FAILED
-    assert status.failed_stage == "probe" and status.error_type == "CorruptMediaError"
-    assert status.error_message == "the audio track could not be decoded"
+    assert run.languages == {}
+    pr = run.progress
+    assert pr.state is JobState.FAILED and pr.failed_stage == "probe"
+    assert pr.error_type == "CorruptMediaError"
+    assert pr.error_message == "the audio track could not be decoded"
+    assert run.reservations == {"pt-BR": "refunded", "es": "refunded"}
+    with sessions() as s:
+        assert accounts.balance(s, "acme") == 100
 
 
-async def test_retries_are_bounded(time_skipping_env: WorkflowEnvironment) -> None:
+async def test_retries_are_bounded(time_skipping_env: WorkflowEnvironment,
+                                   sessions: sessionmaker[Session]) -> None:
     queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
 
     def always(attempt: int) -> None:
         raise EngineError("GPU fell off the bus")
 
     fakes.behaviour[Stage.SEPARATE] = always
-    result, status = await _run(time_skipping_env.client, fakes, queue, _request(queue))
-    assert isinstance(result, WorkflowFailureError)
+    run = await _run(time_skipping_env.client, fakes, queue, _request(queue, sessions),
+                     sessions)
+    assert isinstance(run.result, WorkflowFailureError)
     assert fakes.counts[Stage.SEPARATE] == 5
-    assert status.state is JobState.FAILED and status.error_type == "EngineError"
+    assert run.progress.state is JobState.FAILED and run.progress.error_type == "EngineError"
 
 
-async def test_status_query_while_running(time_skipping_env: WorkflowEnvironment) -> None:
-    client = time_skipping_env.client
+async def test_status_while_running_then_cancel_refunds(
+        dev_env: WorkflowEnvironment, sessions: sessionmaker[Session]) -> None:
+    # On the dev server: real time, so the blocked activity is not timed out under us.
+    client = dev_env.client
     queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
     entered, release = threading.Event(), threading.Event()
 
@@ -123,26 +232,32 @@ async def test_status_query_while_running(time_skipping_env: WorkflowEnvironment
         release.wait(30)
 
     fakes.behaviour[Stage.TRANSLATE] = block
-    req = _request(queue)
+    req = _request(queue, sessions)
     with ThreadPoolExecutor(4) as pool:
-        async with Worker(client, task_queue=queue, workflows=[DubbingWorkflow],
-                          activities=fakes.activities(), activity_executor=pool):
-            handle = await client.start_workflow(DubbingWorkflow.run, req, id=f"wf-{queue}",
-                                                 task_queue=queue)
+        async with _worker(client, queue, fakes, sessions, pool):
+            handle = await client.start_workflow(
+                DubbingJobWorkflow.run, req, id=jobs.job_workflow_id(req.job_id),
+                task_queue=queue)
             await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
-            status = await handle.query(DubbingWorkflow.status)
+            progress = await jobs.job_progress(client, req.job_id)
+            status = await jobs.language_status(client, req.job_id, "pt-BR")
+            await handle.cancel()
             release.set()
-            await handle.result()
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            after = await jobs.job_progress(client, req.job_id)
+    assert progress.state is JobState.RUNNING and progress.languages == {"pt-BR": "running"}
+    assert [t.stage for t in progress.timings] == [s.value for s in SHARED_STAGES]
     assert status.state is JobState.RUNNING and status.stage == "translate"
-    assert 0 < status.percent < 100
-    assert [t.stage for t in status.timings] == ["probe", "separate", "diarize", "transcribe"]
-    desc_attrs = (await handle.describe()).typed_search_attributes
-    assert any(p.key.name == "JobStatus" and p.value == "completed" for p in desc_attrs)
+    assert after.state is JobState.CANCELLED and after.languages == {"pt-BR": "cancelled"}
+    with sessions() as s:
+        assert {r.state for r in accounts.reservations(s, req.job_id)} == {"refunded"}
+        assert accounts.balance(s, "acme") == 100
 
 
-@pytest.mark.parametrize("stage", [Stage.TRANSLATE])
-async def test_activity_names_are_stable(stage: Stage) -> None:
+def test_activity_names_are_stable() -> None:
     # Renaming an activity breaks running workflows' histories: names are part of the contract.
-    from dubcore.contracts import ACTIVITY_NAMES
+    from dubcore.contracts import ACTIVITY_NAMES, SETTLE_ACTIVITY, WEBHOOK_ACTIVITY
 
-    assert ACTIVITY_NAMES[stage] == "translate_script"
+    assert ACTIVITY_NAMES[Stage.TRANSLATE] == "translate_script"
+    assert (SETTLE_ACTIVITY, WEBHOOK_ACTIVITY) == ("settle_credits", "deliver_webhook")

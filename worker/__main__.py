@@ -64,10 +64,16 @@ def build_workers(client: Client, settings: Settings, store: ObjectStore,
         for queue, acts in build_activities(settings, store, settings.worker_stages).items()
     ]
     if settings.worker_runs_workflows:
+        from activities.account import AccountActivities
+        from dubcore.db import make_engine, make_sessionmaker
         from workflows.dubbing import DubbingWorkflow
+        from workflows.job import DubbingJobWorkflow
 
+        account = AccountActivities(make_sessionmaker(make_engine(settings)), settings)
         workers.append(Worker(client, task_queue=WORKFLOW_TASK_QUEUE,
-                              workflows=[DubbingWorkflow]))
+                              workflows=[DubbingJobWorkflow, DubbingWorkflow],
+                              activities=[account.settle_credits, account.deliver_webhook],
+                              activity_executor=executor))
     return workers
 
 

@@ -1,100 +1,238 @@
-"""The dubbing flow: reserve an upload slot, upload, start."""
+"""The dubbing flow: presigned uploads (source media and side files), then start a job.
+
+A job starts only when its source is uploaded and readable: the server probes the media
+itself, quotes its cost from the probed duration and reserves the credits (402 when the
+balance is short) before the job's workflow starts."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, status
+from sqlalchemy.orm import Session
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.deps import DbDep, ServicesDep
+from api.auth import Principal, PrincipalDep
+from api.deps import DbDep, Services, ServicesDep
 from api.routes.jobs import job_out
 from api.schemas import (
-    SUPPORTED_SOURCE_TYPES,
+    UPLOAD_TYPES,
+    CompleteMultipart,
+    CreateJob,
     ErrorBody,
     JobOut,
+    MultipartPart,
+    MultipartTarget,
     StartJob,
-    UploadSlot,
+    UploadOut,
+    UploadRequest,
     UploadTarget,
 )
-from dubcore import jobs
-from dubcore.contracts import DubbingRequest, JobState, TimingPolicy
-from dubcore.db import Job, utcnow
+from dubcore import accounts, jobs
+from dubcore.contracts import JobRequest, JobState, TimingPolicy
+from dubcore.db import Job, Upload, as_utc, utcnow
 from dubcore.errors import (
     BadInputError,
     ConflictError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    MediaTooLongError,
     NotFoundError,
     UnsupportedMediaError,
     UploadTooLargeError,
 )
 from dubcore.languages import check_job_languages
+from dubcore.media_info import probe
+from dubcore.storage import S3_MAX_SINGLE_PUT_BYTES, S3Store
 
-router = APIRouter(prefix="/v1/dubbing", tags=["dubbing"],
-                   responses={code: {"model": ErrorBody} for code in (404, 409, 413, 415, 422)})
+router = APIRouter(prefix="/v1/dubbing", tags=["dubbing"], responses={
+    code: {"model": ErrorBody} for code in (400, 401, 402, 404, 409, 413, 415, 422, 429)})
 
 _EXTENSIONS = {"video/mp4": "mp4", "video/quicktime": "mov", "video/webm": "webm",
                "video/x-matroska": "mkv", "audio/wav": "wav", "audio/x-wav": "wav",
-               "audio/mpeg": "mp3", "audio/mp4": "m4a", "audio/flac": "flac"}
+               "audio/mpeg": "mp3", "audio/mp4": "m4a", "audio/flac": "flac",
+               "application/x-subrip": "srt", "text/vtt": "vtt", "application/json": "json",
+               "text/plain": "txt", "text/tab-separated-values": "tsv"}
 
 
-@router.post("/uploads", status_code=status.HTTP_201_CREATED, response_model=UploadSlot)
+@router.post("/uploads", status_code=status.HTTP_201_CREATED, response_model=UploadOut)
 def create_upload(
-    services: ServicesDep, db: DbDep,
-    content_type: Annotated[str, Query(examples=["video/mp4"])],
+    services: ServicesDep, db: DbDep, who: PrincipalDep,
+    body: Annotated[UploadRequest | None, Body()] = None,
+    content_type: Annotated[str | None, Query(
+        examples=["video/mp4"], description="Short form for a source upload (no body).")]
+    = None,
     content_length: Annotated[int | None, Query(gt=0, description="Declared size in bytes.")]
     = None,
-) -> UploadSlot:
-    """Reserve a job and a presigned PUT for its source media."""
-    if content_type not in SUPPORTED_SOURCE_TYPES:
+) -> UploadOut:
+    """Reserve a presigned upload: the source media (which also opens a job slot) or a
+    side file. Sources larger than one S3 PUT allows get a multipart upload."""
+    if body is None:
+        if content_type is None:
+            raise InvalidRequestError("send a JSON body (kind, content_type, size_bytes) or "
+                                      "the content_type query parameter")
+        body = UploadRequest(kind="source", content_type=content_type,
+                             size_bytes=content_length or 1)
+        declared = content_length
+    else:
+        declared = body.size_bytes
+    accepted = UPLOAD_TYPES[body.kind]
+    if body.content_type not in accepted:
         raise UnsupportedMediaError(
-            f"content type {content_type!r} is not accepted; use one of "
-            f"{', '.join(SUPPORTED_SOURCE_TYPES)}")
-    limit = services.settings.max_upload_bytes
-    if content_length is not None and content_length > limit:
-        raise UploadTooLargeError(f"{content_length} bytes is over the {limit}-byte limit")
-    job_id = uuid.uuid4().hex
-    key = f"uploads/{job_id}/source.{_EXTENSIONS[content_type]}"
-    target = services.store.presign_put(key, content_type, services.settings.url_expiry_s,
-                                        content_length)
-    db.add(Job(id=job_id, state=JobState.WAITING_UPLOAD.value, source_key=key,
-               content_type=content_type, declared_bytes=content_length))
+            f"content type {body.content_type!r} is not accepted for a {body.kind} upload; "
+            f"use one of {', '.join(accepted)}")
+    settings = services.settings
+    limit = settings.max_upload_bytes if body.kind == "source" else 20 * 1024**2
+    if declared is not None and declared > limit:
+        raise UploadTooLargeError(f"{declared} bytes is over the {limit}-byte limit for a "
+                                  f"{body.kind} upload")
+    upload_id = uuid.uuid4().hex
+    key = (f"tenants/{who.tenant_id}/uploads/{upload_id}/{body.kind}."
+           f"{_EXTENSIONS[body.content_type]}")
+    expiry = settings.url_expiry_s
+    row = Upload(id=upload_id, tenant_id=who.tenant_id, kind=body.kind, object_key=key,
+                 file_name=body.file_name, content_type=body.content_type,
+                 declared_bytes=declared, expires_at=utcnow() + timedelta(seconds=expiry))
+    out = UploadOut(upload_id=upload_id, kind=body.kind, object_key=key,
+                    status=JobState.WAITING_UPLOAD.value, expires_in=expiry)
+    store = services.store
+    if (isinstance(store, S3Store) and declared is not None
+            and declared > S3_MAX_SINGLE_PUT_BYTES):
+        mp = store.start_multipart(key, body.content_type, declared, expiry)
+        row.multipart_id = mp.upload_id
+        out.multipart = MultipartTarget(
+            upload_id=mp.upload_id, part_size_bytes=mp.part_size_bytes,
+            parts=[MultipartPart(part_number=i + 1, url=p.url) for i, p in enumerate(mp.parts)],
+            complete_url=f"/v1/dubbing/uploads/{upload_id}/complete")
+    else:
+        target = store.presign_put(key, body.content_type, expiry, declared)
+        out.upload = UploadTarget(url=target.url, method=target.method,
+                                  headers=target.headers, expires_at=target.expires_at)
+    db.add(row)
+    if body.kind == "source":
+        job = Job(id=uuid.uuid4().hex, tenant_id=who.tenant_id,
+                  state=JobState.WAITING_UPLOAD.value, source_key=key,
+                  content_type=body.content_type, declared_bytes=declared,
+                  request={"source_upload_id": upload_id})
+        db.add(job)
+        out.job_id = job.id
     db.commit()
-    return UploadSlot(job_id=job_id, status=JobState.WAITING_UPLOAD.value,
-                      upload=UploadTarget(url=target.url, method=target.method,
-                                          headers=target.headers,
-                                          expires_at=target.expires_at))
+    return out
+
+
+@router.post("/uploads/{upload_id}/complete", response_model=UploadOut)
+def complete_upload(upload_id: str, body: CompleteMultipart, services: ServicesDep,
+                    db: DbDep, who: PrincipalDep) -> UploadOut:
+    """Finish a multipart upload with the ETag S3 returned for each part."""
+    row = _upload(db, who, upload_id)
+    store = services.store
+    if row.multipart_id is None or not isinstance(store, S3Store):
+        raise ConflictError("this upload is a single PUT; there is nothing to complete")
+    store.complete_multipart(row.object_key, row.multipart_id,
+                             [(p.part_number, p.etag) for p in body.parts])
+    return UploadOut(upload_id=row.id, kind=row.kind, object_key=row.object_key,
+                     status="uploaded", expires_in=0)
+
+
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
+async def create_job(body: CreateJob, services: ServicesDep, db: DbDep,
+                     who: PrincipalDep) -> JobOut:
+    """Create and start a job in one call, from a finished source upload."""
+    if body.source_upload_id is None:
+        raise InvalidRequestError(
+            "source_url is not enabled on this deployment yet; upload the source with "
+            "POST /v1/dubbing/uploads and pass source_upload_id")
+    upload = _upload(db, who, body.source_upload_id)
+    if upload.kind != "source":
+        raise InvalidRequestError(f"upload {upload.id} is a {upload.kind}, not a source")
+    job = db.query(Job).filter(Job.tenant_id == who.tenant_id,
+                               Job.source_key == upload.object_key).one_or_none()
+    if job is None:
+        raise NotFoundError(f"no job slot for upload {upload.id}")
+    return await _start(job, body, services, db, who)
 
 
 @router.post("/jobs/{job_id}/start", status_code=status.HTTP_202_ACCEPTED,
              response_model=JobOut)
-async def start_job(job_id: str, body: StartJob, services: ServicesDep, db: DbDep) -> JobOut:
+async def start_job(job_id: str, body: StartJob, services: ServicesDep, db: DbDep,
+                    who: PrincipalDep) -> JobOut:
     """Start dubbing an uploaded source. The job runs as a durable Temporal workflow."""
     job = db.get(Job, job_id)
-    if job is None:
+    if job is None or job.tenant_id != who.tenant_id:
         raise NotFoundError(f"no job {job_id}")
-    if job.state != JobState.WAITING_UPLOAD.value:
-        raise ConflictError(f"job {job_id} was already started")
-    if not services.store.exists(job.source_key):
+    return await _start(job, body, services, db, who)
+
+
+async def _start(job: Job, body: StartJob, services: Services, db: Session,
+                 who: Principal) -> JobOut:
+    if job.state not in (JobState.WAITING_UPLOAD.value, "starting"):
+        raise ConflictError(f"job {job.id} was already started")
+    store, settings = services.store, services.settings
+    if not store.exists(job.source_key):
         raise BadInputError("the source media has not been uploaded yet; PUT it to the "
                             "upload URL first")
-    size = services.store.size(job.source_key)
+    size = store.size(job.source_key)
     if job.declared_bytes is not None and size != job.declared_bytes:
         raise BadInputError(f"the upload has {size} bytes, {job.declared_bytes} were declared")
-    check_job_languages(body.source_language, body.target_language, has_target_script=False)
-    req = DubbingRequest(
-        job_id=job_id, source_key=job.source_key, target_language=body.target_language,
-        source_language=body.source_language, mixing_mode=body.mixing_mode,
-        num_speakers=body.num_speakers, lipsync=body.lipsync, notes=body.notes,
-        timing=TimingPolicy(max_speedup=body.max_speedup),
-        task_queues=services.settings.task_queues(), tenant=job.tenant)
-    try:
-        handle = await jobs.start_dubbing(await services.temporal(), req)
-    except WorkflowAlreadyStartedError as e:
-        raise ConflictError(f"job {job_id} was already started") from e
-    job.state = JobState.QUEUED.value
-    job.request = body.model_dump(mode="json")
-    job.workflow_ids = [handle.id]
-    job.started_at = utcnow()
+    script_keys: dict[str, str] = {}
+    if body.target_script_upload_id:
+        if len(body.target_languages) != 1:
+            raise InvalidRequestError("a target script fits a single target language")
+        script = _upload(db, who, body.target_script_upload_id)
+        if script.kind != "target_script" or not store.exists(script.object_key):
+            raise BadInputError(f"upload {script.id} is not an uploaded target script")
+        script_keys[body.target_languages[0]] = script.object_key
+    for lang in body.target_languages:
+        check_job_languages(body.source_language, lang, has_target_script=lang in script_keys)
+    info = probe(store.read_location(job.source_key), timeout_s=30)
+    if info.duration_ms > settings.max_duration_s * 1000:
+        raise MediaTooLongError(f"the media lasts {info.duration_ms / 1000:.0f} s; the limit "
+                                f"is {settings.max_duration_s} s")
+    minutes = accounts.cost_minutes(info.duration_ms)
+    # Reserve first and remember it ("starting"): a retried start reserves nothing twice.
+    job.state, job.duration_ms = "starting", info.duration_ms
+    job.cost_minutes = minutes * len(body.target_languages)
+    job.target_languages = list(body.target_languages)
+    job.name = body.name or job.name
+    job.request = {**job.request, **body.model_dump(mode="json")}
     db.commit()
-    return await job_out(job, services)
+    try:
+        balance = accounts.reserve(db, who.tenant_id, job.id, body.target_languages, minutes)
+    except InsufficientCreditsError:
+        job.state = JobState.WAITING_UPLOAD.value
+        db.commit()
+        raise
+    req = JobRequest(
+        job_id=job.id, source_key=job.source_key, target_languages=body.target_languages,
+        source_language=body.source_language, mixing_mode=body.mixing_mode,
+        num_speakers=body.num_speakers, target_script_keys=script_keys,
+        lipsync=body.lipsync, notes=body.notes,
+        timing=TimingPolicy(max_speedup=body.max_speedup),
+        task_queues=settings.task_queues(), tenant=who.tenant_id,
+        callback_url=body.callback_url, webhook_max_attempts=settings.webhook_max_attempts)
+    try:
+        handle = await jobs.start_job(await services.temporal(), req)
+        job.workflow_id = handle.id
+    except WorkflowAlreadyStartedError:
+        job.workflow_id = jobs.job_workflow_id(job.id)  # a retried start: already running
+    except BaseException:
+        accounts.refund(db, job.id)
+        job.state = JobState.WAITING_UPLOAD.value
+        db.commit()
+        raise
+    job.state, job.started_at = JobState.QUEUED.value, utcnow()
+    db.commit()
+    out = await job_out(job, services)
+    out.balance_minutes = balance
+    return out
+
+
+def _upload(db: Session, who: Principal, upload_id: str) -> Upload:
+    row = db.get(Upload, upload_id)
+    if row is None or row.tenant_id != who.tenant_id:
+        raise NotFoundError(f"no upload {upload_id}")
+    if row.kind != "source" and as_utc(row.expires_at) < utcnow() and row.multipart_id:
+        raise ConflictError(f"upload {upload_id} expired")
+    return row

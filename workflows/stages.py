@@ -1,0 +1,106 @@
+"""Running one pipeline stage from a workflow: its budget, heartbeat timeout, retry policy,
+timing record and search-attribute upserts. Shared by the job workflow and its children."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from dubcore.contracts import ACTIVITY_NAMES, Stage, StageTiming
+    from dubcore.errors import NON_RETRYABLE_ERROR_TYPES
+
+R = TypeVar("R")
+
+SA_STATUS = SearchAttributeKey.for_keyword("JobStatus")
+SA_STAGE = SearchAttributeKey.for_keyword("JobStage")
+SA_SOURCE_LANGUAGE = SearchAttributeKey.for_keyword("SourceLanguage")
+SA_TARGET_LANGUAGE = SearchAttributeKey.for_keyword("TargetLanguage")
+SA_DURATION = SearchAttributeKey.for_float("DurationSeconds")
+SA_TENANT = SearchAttributeKey.for_keyword("Tenant")
+
+#: Per-stage time budget: a fixed part plus a multiple of the media's duration (CPU pace,
+#: with margin), and how long the activity may go without a heartbeat.
+BUDGET: dict[Stage, tuple[timedelta, float, timedelta]] = {
+    Stage.PROBE: (timedelta(minutes=5), 0.5, timedelta(minutes=2)),
+    Stage.SEPARATE: (timedelta(minutes=5), 2.0, timedelta(minutes=2)),
+    Stage.DIARIZE: (timedelta(minutes=5), 2.0, timedelta(minutes=2)),
+    Stage.TRANSCRIBE: (timedelta(minutes=10), 4.0, timedelta(minutes=2)),
+    Stage.TRANSLATE: (timedelta(minutes=5), 1.0, timedelta(minutes=2)),
+    Stage.SYNTHESIZE: (timedelta(minutes=10), 4.0, timedelta(minutes=2)),
+    Stage.LIPSYNC: (timedelta(minutes=10), 10.0, timedelta(minutes=2)),
+    Stage.MIX: (timedelta(minutes=5), 2.0, timedelta(minutes=2)),
+}
+
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=5,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
+
+#: Account activities (database only): quick, retried for a long while, never lost.
+ACCOUNT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                            maximum_interval=timedelta(minutes=1), maximum_attempts=0)
+
+
+class Tracked(Protocol):
+    """The part of a status object the runner keeps up to date."""
+
+    stage: str | None
+    timings: list[StageTiming]
+    failed_stage: str | None
+
+
+@dataclass
+class StageFailure:
+    error_type: str
+    message: str
+
+
+def failure_of(e: ActivityError) -> StageFailure:
+    cause = e.cause
+    if isinstance(cause, ApplicationError):
+        return StageFailure(cause.type or "EngineError", cause.message)
+    return StageFailure("EngineError", str(cause or e))
+
+
+def upsert(*updates: SearchAttributeUpdate[Any]) -> None:
+    workflow.upsert_search_attributes(list(updates))
+
+
+async def run_stage(status: Tracked, task_queues: dict[str, str], stage: Stage, arg: Any,
+                    result_type: type[R], duration_s: float) -> R:
+    status.stage = stage.value
+    upsert(SA_STAGE.value_set(stage.value))
+    fixed, per_media_second, heartbeat = BUDGET[stage]
+    started = workflow.now()
+    try:
+        result = await workflow.execute_activity(
+            ACTIVITY_NAMES[stage], arg,
+            task_queue=task_queues.get(stage.value),
+            result_type=result_type,
+            start_to_close_timeout=fixed + timedelta(seconds=per_media_second * duration_s),
+            heartbeat_timeout=heartbeat,
+            retry_policy=RETRY,
+        )
+    except ActivityError:
+        status.failed_stage = stage.value
+        _record(status, stage, started, failed=True)
+        raise
+    _record(status, stage, started)
+    return result
+
+
+def _record(status: Tracked, stage: Stage, started: datetime, failed: bool = False) -> None:
+    elapsed = workflow.now() - started
+    status.timings.append(StageTiming(
+        stage=stage.value + (" (failed)" if failed else ""),
+        started_at=started.isoformat(),
+        duration_ms=int(elapsed.total_seconds() * 1000)))

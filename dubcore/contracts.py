@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Stage(StrEnum):
@@ -382,7 +383,7 @@ class WebhookInput:
     job_id: str
     event: str
     url: str
-    payload: dict[str, object]
+    payload: dict[str, Any]
     max_attempts: int = 8
 
 

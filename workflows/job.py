@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
@@ -175,7 +176,7 @@ class DubbingJobWorkflow:
         if not req.callback_url:
             return
         event = f"job.{state.value}"
-        payload: dict[str, object] = {
+        payload: dict[str, Any] = {
             "event": event, "job_id": req.job_id, "status": state.value,
             "languages": dict(pr.languages),
             "error": ({"type": pr.error_type, "message": pr.error_message}

@@ -24,6 +24,7 @@ from dubcore.errors import (
     IdempotencyKeyReusedError,
     InvalidRequestError,
     RequestInProgressError,
+    UnauthorizedError,
     UploadTooLargeError,
 )
 
@@ -80,8 +81,8 @@ class IdempotencyMiddleware:
         with services.sessions() as s:
             try:
                 tenant, _ = accounts.authenticate(s, presented)
-            except DubbingError:
-                return None
+            except UnauthorizedError:
+                return None  # not stored: the route itself answers the 401
             return str(tenant.id)
 
     @staticmethod

@@ -69,6 +69,16 @@ WORKFLOW_TASK_QUEUE = "dubbing-workflows"
 """Workflows are cheap and deterministic: one queue, served by every worker that runs them."""
 
 
+def job_workflow_id(job_id: str) -> str:
+    """The `DubbingJobWorkflow` of a job."""
+    return f"job-{job_id}"
+
+
+def language_workflow_id(job_id: str, target_language: str) -> str:
+    """The child `DubbingWorkflow` of one target language (started by the job's workflow)."""
+    return f"dub-{job_id}-{target_language}"
+
+
 @dataclass
 class TimingPolicy:
     """How a synthesized line is fitted into its source window (exposed, not hidden)."""

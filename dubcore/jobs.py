@@ -21,7 +21,11 @@ from dubcore.contracts import (
     JobRequest,
     JobState,
     JobStatus,
+    job_workflow_id,
+    language_workflow_id,
 )
+
+__all__ = ["job_workflow_id", "language_workflow_id"]
 from dubcore.errors import BadInputError, NotFoundError
 
 WORKFLOW_TYPE = "DubbingJobWorkflow"
@@ -30,15 +34,6 @@ _FAILED_ACTIVITY_EVENTS = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "activity_task_timed_out_event_attributes",
     EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "activity_task_canceled_event_attributes",
 }
-
-
-def job_workflow_id(job_id: str) -> str:
-    return f"job-{job_id}"
-
-
-def language_workflow_id(job_id: str, target_language: str) -> str:
-    """The child workflow of one target language (started by the job's workflow)."""
-    return f"dub-{job_id}-{target_language}"
 
 
 async def start_job(client: Client, req: JobRequest) -> WorkflowHandle:

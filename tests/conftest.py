@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -113,3 +114,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def tenant_sessions(data_dir: Path, minutes: int) -> Iterator[Any]:
+    """A migrated SQLite database holding tenant "acme" with ``minutes`` credits; yields
+    its sessionmaker (for the account activities in workflow tests)."""
+    from dubcore import accounts
+    from dubcore.db import make_engine, make_sessionmaker
+    from dubcore.settings import Settings
+
+    engine = make_engine(Settings(data_dir=data_dir))
+    maker = make_sessionmaker(engine)
+    with maker() as s:
+        accounts.create_tenant(s, "acme", minutes=minutes)
+    yield maker
+    engine.dispose()

@@ -22,8 +22,9 @@ from temporalio.worker import Worker
 from activities.account import AccountActivities, sign
 from dubcore import accounts, jobs
 from dubcore.contracts import STAGES, JobRequest
-from dubcore.db import Tenant, WebhookDelivery, make_engine, make_sessionmaker
+from dubcore.db import Tenant, WebhookDelivery
 from dubcore.settings import Settings
+from tests.conftest import tenant_sessions
 from tests.fakes import FakeStages
 from workflows.dubbing import DubbingWorkflow
 from workflows.job import DubbingJobWorkflow
@@ -58,12 +59,7 @@ class Receiver:
 
 @pytest.fixture
 def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(Settings(data_dir=tmp_path))
-    maker = make_sessionmaker(engine)
-    with maker() as s:
-        accounts.create_tenant(s, "acme", minutes=10)
-    yield maker
-    engine.dispose()
+    yield from tenant_sessions(tmp_path, minutes=10)
 
 
 async def _run_job(env: WorkflowEnvironment, sessions: sessionmaker[Session], url: str,

@@ -32,9 +32,9 @@ from dubcore.contracts import (
     JobStatus,
     Stage,
 )
-from dubcore.db import make_engine, make_sessionmaker
 from dubcore.errors import CorruptMediaError, EngineError, UnsupportedLanguageError
 from dubcore.settings import Settings
+from tests.conftest import tenant_sessions
 from tests.fakes import FakeStages
 from workflows.dubbing import DubbingWorkflow
 from workflows.job import DubbingJobWorkflow
@@ -42,12 +42,7 @@ from workflows.job import DubbingJobWorkflow
 
 @pytest.fixture
 def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(Settings(data_dir=tmp_path))
-    maker = make_sessionmaker(engine)
-    with maker() as s:
-        accounts.create_tenant(s, "acme", minutes=100)
-    yield maker
-    engine.dispose()
+    yield from tenant_sessions(tmp_path, minutes=100)
 
 
 @dataclass

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         TranscribeResult,
         WebhookInput,
         WebhookResult,
+        language_workflow_id,
     )
 
 from workflows.dubbing import DubbingWorkflow
@@ -55,10 +56,6 @@ from workflows.stages import (
     run_stage,
     upsert,
 )
-
-
-def language_workflow_id(job_id: str, language: str) -> str:
-    return f"dub-{job_id}-{language}"
 
 
 @workflow.defn

@@ -32,7 +32,7 @@ from api.schemas import (
 )
 from dubcore import accounts, jobs
 from dubcore.contracts import JobRequest, JobState, TimingPolicy
-from dubcore.db import Job, Upload, as_utc, utcnow
+from dubcore.db import Job, Upload, utcnow
 from dubcore.errors import (
     BadInputError,
     ConflictError,
@@ -233,6 +233,4 @@ def _upload(db: Session, who: Principal, upload_id: str) -> Upload:
     row = db.get(Upload, upload_id)
     if row is None or row.tenant_id != who.tenant_id:
         raise NotFoundError(f"no upload {upload_id}")
-    if row.kind != "source" and as_utc(row.expires_at) < utcnow() and row.multipart_id:
-        raise ConflictError(f"upload {upload_id} expired")
     return row

@@ -63,7 +63,8 @@ async def _query(coro: Any) -> Any:
     try:
         return await coro
     except RPCError as e:
-        # Not found, or the first workflow task has not run yet.
+        # Not found, or the first workflow task has not run yet: the caller shows the job
+        # as queued (or as the index last saw it). Any other RPC error propagates.
         if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
             return None
         raise

@@ -54,9 +54,13 @@ class MediaActivities(StageActivities):
             dub, background = audio.fit_length(dub, n), audio.fit_length(background, n)
             heartbeat(0.2)
             mixed = mix(inp.mixing_mode, dub, original, background, rate)
-            mixed, lufs = audio.normalize_loudness(mixed, rate,
-                                                   self._settings.loudness_target_lufs)
+            mixed, lufs, gain_db = audio.normalize_loudness(
+                mixed, rate, self._settings.loudness_target_lufs, gain_db=inp.gain_db)
             heartbeat(0.4)
+            # The final audio as a lossless master too: exports and comparisons read it.
+            audio.write_wav(tmp / "mix.wav", mixed, rate)
+            audio_key = f"{inp.prefix}/mix.wav"
+            self._store.put_file(audio_key, tmp / "mix.wav", "audio/wav")
             out = tmp / "dubbed.mp4"
             with self._store.local_path(inp.source_key) as src:
                 if inp.video_key:
@@ -69,7 +73,7 @@ class MediaActivities(StageActivities):
             key = f"{inp.prefix}/dubbed.mp4"
             self._store.put_file(key, out, "video/mp4")
         return MixResult(output_key=key, duration_ms=duration_ms, loudness_lufs=round(lufs, 2),
-                         video_copied=copied)
+                         video_copied=copied, gain_db=gain_db, audio_key=audio_key)
 
     def _read(self, key: str) -> tuple[np.ndarray, int]:
         with self._store.local_path(key) as path:

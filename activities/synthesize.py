@@ -16,7 +16,8 @@ from temporalio import activity
 
 from activities._base import StageActivities, heartbeat, resume_details, scratch, stage_activity
 from dubcore.contracts import SynthesizeInput, SynthesizeResult
-from dubcore.errors import ConfigurationError
+from dubcore.errors import ConfigurationError, InvalidScriptError
+from dubcore.languages import CLONE
 from dubcore.storage import get_json, put_json
 from engines import audio
 from engines.synthesize import (
@@ -60,50 +61,102 @@ class SynthesizeActivities(StageActivities):
     def synthesize_speech(self, inp: SynthesizeInput) -> SynthesizeResult:
         script: list[dict[str, Any]] = get_json(self._store, inp.script_key)
         script.sort(key=lambda s: s["start_ms"])
-        with self._store.local_path(inp.speech_audio_key) as path:
-            speech, _ = audio.read_wav(path)
-        speakers = assign_voices(_speaker_pitch(script, speech[0]),
-                                 self.engine.voices(inp.target_language))
+        speakers = self._speakers(inp, script)
         voice_of = {s["speaker_id"]: s["voice_key"] for s in speakers}
+        previous: dict[int, dict[str, Any]] = (
+            {int(f["index"]): f for f in get_json(self._store, inp.previous_fits_key)}
+            if inp.previous_fits_key else {})
 
         resumed = resume_details()  # (fraction, lines finished) from the last attempt
         done = int(resumed[1]) if len(resumed) > 1 else 0
         fits: list[Fit] = []
         clips: list[np.ndarray] = []
+        clip_keys: list[str] = []
+        pinned: list[int | None] = []
+        made = 0
         with scratch() as tmp:
             for i, seg in enumerate(script):
                 clip_key, fit_key = (f"{inp.prefix}/lines/{i:05d}.wav",
                                      f"{inp.prefix}/lines/{i:05d}.json")
-                if i < done and self._store.exists(clip_key) and self._store.exists(fit_key):
-                    with self._store.local_path(clip_key) as p:
-                        clips.append(audio.read_wav(p)[0][0])
+                old = previous.get(int(seg.get("index", i)))
+                voice = voice_of[seg["speaker_id"]]
+                reuse = old is not None and _unchanged(old, seg, voice, _room(inp, script, i))
+                pinned.append(int(old["placed_start_ms"]) if reuse and old else None)
+                if reuse and old:
+                    # The line as it was made (before placing squeezed it, if it did).
+                    clip_key = old["clip_key"]
+                    fits.append(Fit(**get_json(self._store, clip_key[:-4] + ".json")))
+                elif i < done and self._store.exists(clip_key) and \
+                        self._store.exists(fit_key):
                     fits.append(Fit(**get_json(self._store, fit_key)))
+                else:
+                    fit, clip = self._line(inp, script, i, voice)
+                    audio.write_wav(tmp / "line.wav", clip, OUT_RATE_HZ)
+                    self._store.put_file(clip_key, tmp / "line.wav", "audio/wav")
+                    # Lay the line as stored (16-bit), exactly what a revision reuses.
+                    clip = audio.read_wav(tmp / "line.wav")[0][0]
+                    put_json(self._store, fit_key, fit.to_json())
+                    fits.append(fit)
+                    clips.append(clip)
+                    clip_keys.append(clip_key)
+                    made += 1
+                    heartbeat(0.95 * (i + 1) / len(script), i + 1)
                     continue
-                fit, clip = self._line(inp, script, i, voice_of[seg["speaker_id"]])
-                audio.write_wav(tmp / "line.wav", clip, OUT_RATE_HZ)
-                self._store.put_file(clip_key, tmp / "line.wav", "audio/wav")
-                put_json(self._store, fit_key, fit.to_json())
-                fits.append(fit)
-                clips.append(clip)
-                heartbeat(0.95 * (i + 1) / len(script), i + 1)
+                with self._store.local_path(clip_key) as p:
+                    clips.append(audio.read_wav(p)[0][0])
+                clip_keys.append(clip_key)
 
-            track = place(fits, clips, inp.duration_ms, OUT_RATE_HZ)
+            track = place(fits, clips, inp.duration_ms, OUT_RATE_HZ, pinned)
             dub_key = f"{inp.prefix}/dub.wav"
             audio.write_wav(tmp / "dub.wav", track, OUT_RATE_HZ)
             self._store.put_file(dub_key, tmp / "dub.wav", "audio/wav")
         fits_key, speakers_key = f"{inp.prefix}/fits.json", f"{inp.prefix}/speakers.json"
-        put_json(self._store, fits_key, [f.to_json() for f in fits])
+        put_json(self._store, fits_key,
+                 [f.to_json() | {"clip_key": k} for f, k in zip(fits, clip_keys, strict=True)])
         put_json(self._store, speakers_key, speakers)
         return SynthesizeResult(dub_key=dub_key, fits_key=fits_key, speakers_key=speakers_key,
                                 engine=self.engine.name,
-                                segments_over_bound=sum(f.over_bound for f in fits))
+                                segments_over_bound=sum(f.over_bound for f in fits),
+                                lines_synthesized=made, lines_reused=len(fits) - made)
+
+    def _speakers(self, inp: SynthesizeInput, script: list[dict[str, Any]]
+                  ) -> list[dict[str, str]]:
+        """The speaker table: the revised version's (or voices matched to the source
+        speech by pitch), with the user's choices applied. A speaker the script names that
+        the table lacks gets a matched voice too."""
+        available = self.engine.voices(inp.target_language)
+        table: list[dict[str, str]] = (get_json(self._store, inp.speakers_key)
+                                       if inp.speakers_key else [])
+        known = {s["speaker_id"] for s in table}
+        missing = [seg for seg in script if seg["speaker_id"] not in known]
+        if missing:
+            with self._store.local_path(inp.speech_audio_key) as path:
+                speech, _ = audio.read_wav(path)
+            taken = {s["voice_key"] for s in table}
+            free = [v for v in available if v.key not in taken] or available
+            table += assign_voices(_speaker_pitch(missing, speech[0]), free)
+        by_key = {v.key: v for v in available}
+        for row in table:
+            wanted = inp.voices.get(row["speaker_id"])
+            if wanted is None or wanted == row["voice_key"]:
+                continue
+            if wanted == CLONE:
+                row["style"] += "; clone asked, no cloning engine here: matched voice kept"
+                continue
+            voice = by_key.get(wanted)
+            if voice is None:
+                raise InvalidScriptError(
+                    f"voice {wanted!r} does not speak {inp.target_language} here; see "
+                    "GET /v1/voices")
+            row["voice_key"], row["style"] = voice.key, f"{voice.gender}, {voice.style} " \
+                "(chosen)"
+        return table
 
     def _line(self, inp: SynthesizeInput, script: list[dict[str, Any]], i: int,
               voice: str) -> tuple[Fit, np.ndarray]:
         seg = script[i]
         start, end = int(seg["start_ms"]), int(seg["end_ms"])
-        next_start = int(script[i + 1]["start_ms"]) if i + 1 < len(script) else inp.duration_ms
-        window, room = end - start, max(end, next_start) - start
+        window, room = end - start, _room(inp, script, i)
 
         def synth(text: str, rate: float) -> tuple[np.ndarray, int]:
             return self.engine.synthesize(text, inp.target_language, voice, rate)
@@ -116,6 +169,20 @@ class SynthesizeActivities(StageActivities):
                   final_ms=round(1000 * clip.size / OUT_RATE_HZ), placed_start_ms=start,
                   placed_end_ms=start, overflow_ms=0, shift_ms=0)
         return fit, clip
+
+
+def _room(inp: SynthesizeInput, script: list[dict[str, Any]], i: int) -> int:
+    """A line's window plus the silence after it, up to the next line (or the end)."""
+    end = int(script[i]["end_ms"])
+    next_start = int(script[i + 1]["start_ms"]) if i + 1 < len(script) else inp.duration_ms
+    return max(end, next_start) - int(script[i]["start_ms"])
+
+
+def _unchanged(old: dict[str, Any], seg: dict[str, Any], voice: str, room_ms: int) -> bool:
+    """The previous version's line can be reused as it is."""
+    return (old.get("clip_key") is not None and old["text"] == seg["text"]
+            and old["voice_key"] == voice and int(old["start_ms"]) == int(seg["start_ms"])
+            and int(old["end_ms"]) == int(seg["end_ms"]) and int(old["room_ms"]) == room_ms)
 
 
 def _speaker_pitch(script: list[dict[str, Any]], speech: np.ndarray) -> dict[str, float | None]:

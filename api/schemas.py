@@ -87,6 +87,11 @@ class CompleteMultipart(BaseModel):
     parts: list[CompletedPart] = Field(min_length=1)
 
 
+class SpeakerVoice(BaseModel):
+    speaker_id: str = Field(max_length=100)
+    voice_key: str = Field(max_length=200, examples=["kokoro:pf_dora", "clone"])
+
+
 class StartJob(BaseModel):
     """How to dub an uploaded source."""
 
@@ -100,6 +105,11 @@ class StartJob(BaseModel):
     mixing_mode: MixingMode = MixingMode.VOICEOVER_WITHOUT_ORIGINAL_VOICE
     num_speakers: int = Field(0, ge=0, le=20, description="0 = detect automatically.")
     lipsync: bool = False
+    speakers: list[SpeakerVoice] = Field(default_factory=list, max_length=50, description=(
+        "A voice per speaker id (as diarization names them: SPEAKER_00, ...) or 'clone'; "
+        "the others get a voice matched to their pitch."))
+    pause_for_review: bool = Field(False, description=(
+        "Stop after translation until the target script is approved (POST .../approve)."))
     notes: str = Field("", max_length=4000)
     name: str = Field("", max_length=200)
     max_speedup: float = Field(1.25, ge=1.0, le=2.0, description=(
@@ -202,7 +212,8 @@ class LanguageOut(BaseModel):
     progress_percent: int = 0
     stages: list[StageTimingOut] = []
     error: JobError | None = None
-    result: LanguageResult | None = None
+    result: LanguageResult | None = Field(None, description="The latest version's result.")
+    version: int | None = Field(None, description="The latest finished version.")
     workflow_id: str
 
 
@@ -246,6 +257,7 @@ class JobList(BaseModel):
 class DownloadOut(Download):
     job_id: str
     language: str
+    version: int = 1
 
 
 class Deleted(BaseModel):
@@ -301,3 +313,100 @@ class WebhookDeliveryOut(BaseModel):
     created_at: str
     delivered_at: str | None
     payload: dict[str, Any]
+
+
+# ---- review and revisions -------------------------------------------------------------
+
+
+class SegmentOut(BaseModel):
+    index: int
+    start_ms: int
+    end_ms: int
+    text: str
+    speaker_id: str
+
+
+class ScriptOut(BaseModel):
+    job_id: str
+    language: str = Field(description="The script's language.")
+    kind: Literal["source", "target"]
+    version: int = Field(description="The version this script belongs to (0 = the draft "
+                                     "awaiting review).")
+    segments: list[SegmentOut]
+
+
+class SpeakerOut(BaseModel):
+    speaker_id: str
+    voice_key: str
+    style: str
+
+
+class SpeakersOut(BaseModel):
+    job_id: str
+    language: str
+    version: int
+    speakers: list[SpeakerOut]
+
+
+class SegmentEdit(BaseModel):
+    """One segment to change, by index; fields left out keep their value."""
+
+    index: int = Field(ge=0)
+    text: str | None = Field(None, max_length=2000)
+    speaker_id: str | None = Field(None, max_length=100)
+    start_ms: int | None = Field(None, ge=0)
+    end_ms: int | None = Field(None, ge=0)
+
+
+class RevisionIn(BaseModel):
+    """An edit of one language's dub: segments, voices, mixing mode (any of them)."""
+
+    base_version: int | None = Field(None, ge=1, description=(
+        "The version the edit is based on (default: the latest). A stale one is a 409."))
+    segments: list[SegmentEdit] = Field(default_factory=list, max_length=5000)
+    speakers: list[SpeakerVoice] = Field(default_factory=list, max_length=50)
+    mixing_mode: MixingMode | None = None
+    note: str = Field("", max_length=2000)
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"segments": [{"index": 3, "text": "Olá, tudo bem?"}],
+         "speakers": [{"speaker_id": "SPEAKER_01", "voice_key": "kokoro:pf_dora"}]}]}}
+
+
+class RevisionCheck(BaseModel):
+    valid: bool = True
+    base_version: int
+    next_version: int
+    changed_segments: list[int]
+    changed_speakers: list[str]
+    mixing_mode: str
+
+
+class VersionOut(BaseModel):
+    version: int
+    status: str
+    created_at: str
+    mixing_mode: str
+    changed_segments: list[int] = []
+    changed_speakers: list[str] = []
+    lines_synthesized: int = 0
+    lines_reused: int = 0
+    note: str = ""
+    stage: str | None = None
+    stages: list[StageTimingOut] = []
+    error: JobError | None = None
+    download: Download | None = None
+
+
+class VersionsOut(BaseModel):
+    job_id: str
+    language: str
+    review_open: bool
+    review_closes_at: str | None
+    versions: list[VersionOut]
+
+
+class ApproveIn(BaseModel):
+    """Approve the translated script of a job paused for review, as is or edited."""
+
+    segments: list[SegmentEdit] = Field(default_factory=list, max_length=5000)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from dubcore.errors import ConflictError, NoChangeError, NotFoundError
+
 
 class Stage(StrEnum):
     """Pipeline stages, in order. Each is one activity and one task-queue capability."""
@@ -60,6 +62,8 @@ class JobState(StrEnum):
     WAITING_UPLOAD = "waiting_upload"
     QUEUED = "queued"
     RUNNING = "running"
+    AWAITING_REVIEW = "awaiting_review"
+    """Paused after translation until the target script is approved (``pause_for_review``)."""
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -113,6 +117,13 @@ class JobRequest:
     callback_url: str | None = None
     """Where the signed ``job.*`` webhook goes when the job ends."""
     webhook_max_attempts: int = 8
+    voices: dict[str, str] = field(default_factory=dict)
+    """Speaker id -> voice key (or ``clone``); speakers not named get a matched voice."""
+    pause_for_review: bool = False
+    """Each language waits after translation until its target script is approved."""
+    review_window_s: int = 0
+    """How long the job stays open for revisions after its last language ended (or after
+    the last revision); 0 = it ends at once."""
 
     @property
     def prefix(self) -> str:
@@ -134,6 +145,8 @@ class DubbingRequest:
     timing: TimingPolicy = field(default_factory=TimingPolicy)
     task_queues: dict[str, str] = field(default_factory=dict)
     tenant: str = "default"
+    voices: dict[str, str] = field(default_factory=dict)
+    pause_for_review: bool = False
 
     @property
     def prefix(self) -> str:
@@ -245,6 +258,13 @@ class SynthesizeInput:
     duration_ms: int
     prefix: str
     timing: TimingPolicy = field(default_factory=TimingPolicy)
+    voices: dict[str, str] = field(default_factory=dict)
+    """Speaker id -> voice key chosen by the user; the others are matched."""
+    speakers_key: str | None = None
+    """Speakers of the version being revised: their voices are kept (unless in ``voices``)."""
+    previous_fits_key: str | None = None
+    """Fits of the version being revised: a line whose text, voice and timing are unchanged
+    reuses that version's audio instead of being synthesized again."""
 
 
 @dataclass
@@ -257,6 +277,8 @@ class SynthesizeResult:
     """JSON list of {speaker_id, voice_key, style}."""
     engine: str
     segments_over_bound: int = 0
+    lines_synthesized: int = 0
+    lines_reused: int = 0
 
 
 @dataclass
@@ -287,6 +309,9 @@ class MixInput:
     prefix: str
     video_key: str | None = None
     """Lip-synced video to use instead of the source's video stream."""
+    gain_db: float | None = None
+    """Apply this loudness gain instead of measuring: a revision keeps its version's gain,
+    so that what did not change sounds exactly the same."""
 
 
 @dataclass
@@ -295,6 +320,9 @@ class MixResult:
     duration_ms: int
     loudness_lufs: float
     video_copied: bool
+    gain_db: float = 0.0
+    audio_key: str = ""
+    """The mixed audio alone (48 kHz 16-bit stereo WAV): the master of audio exports."""
 
 
 @dataclass
@@ -331,6 +359,9 @@ class DubbingResult:
     duration_ms: int
     lipsync: LipSyncResult
     loudness_lufs: float
+    gain_db: float = 0.0
+    mixing_mode: MixingMode = MixingMode.VOICEOVER_WITHOUT_ORIGINAL_VOICE
+    audio_key: str = ""
 
 
 @dataclass
@@ -349,6 +380,74 @@ class JobStatus:
     source_language: str | None = None
     duration_ms: int | None = None
     result: DubbingResult | None = None
+    script_key: str | None = None
+    """The target script, once translated (what a reviewer reads while paused)."""
+
+
+@dataclass
+class ApproveRequest:
+    """Update ``approve`` of a `DubbingWorkflow` paused for review."""
+
+    script_key: str | None = None
+    """An edited target script to synthesize instead of the translation (None = as is)."""
+    changed_segments: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RevisionRequest:
+    """Update ``revise`` of a `DubbingJobWorkflow`: a new version of one language's dub.
+
+    The API diffs the submitted script against ``base_version`` and writes the edited script
+    to the store; the update carries only keys and what changed."""
+
+    language: str
+    base_version: int
+    script_key: str | None = None
+    """The whole edited target script (None = the base version's)."""
+    changed_segments: list[int] = field(default_factory=list)
+    voices: dict[str, str] = field(default_factory=dict)
+    """Speaker id -> new voice key, for the speakers whose voice changes."""
+    mixing_mode: MixingMode | None = None
+    note: str = ""
+
+
+@dataclass
+class Version:
+    """One numbered render of one language: version 1 is the first dub, each accepted
+    revision adds the next."""
+
+    version: int
+    state: JobState
+    created_at: str
+    script_key: str
+    mixing_mode: MixingMode
+    output_key: str = ""
+    audio_key: str = ""
+    dub_key: str = ""
+    fits_key: str = ""
+    speakers_key: str = ""
+    duration_ms: int = 0
+    loudness_lufs: float = 0.0
+    gain_db: float = 0.0
+    changed_segments: list[int] = field(default_factory=list)
+    changed_speakers: list[str] = field(default_factory=list)
+    lines_synthesized: int = 0
+    lines_reused: int = 0
+    note: str = ""
+    stage: str | None = None
+    timings: list[StageTiming] = field(default_factory=list)
+    error_type: str | None = None
+    error_message: str | None = None
+    failed_stage: str | None = None
+
+
+def version_one(r: DubbingResult, created_at: str) -> Version:
+    return Version(version=1, state=JobState.COMPLETED, created_at=created_at,
+                   script_key=r.script_key, mixing_mode=r.mixing_mode,
+                   output_key=r.output_key, audio_key=r.audio_key, dub_key=r.dub_key,
+                   fits_key=r.fits_key,
+                   speakers_key=r.speakers_key, duration_ms=r.duration_ms,
+                   loudness_lufs=r.loudness_lufs, gain_db=r.gain_db)
 
 
 @dataclass
@@ -368,6 +467,43 @@ class JobProgress:
     duration_ms: int | None = None
     languages: dict[str, str] = field(default_factory=dict)
     """Target language -> JobState value of its workflow."""
+    versions: dict[str, list[Version]] = field(default_factory=dict)
+    """Target language -> its renders, oldest first (version 1 = the child's result)."""
+    review_open: bool = False
+    """Revisions are accepted (the job ended and its review window is open)."""
+    review_closes_at: str | None = None
+    transcript_key: str | None = None
+    """The source transcript (segments), once transcribed."""
+
+
+def check_revision(progress: JobProgress, req: RevisionRequest) -> Version:
+    """What the ``revise`` update's validator checks (and the API's validate route, without
+    side effects): the job is open for review, the language has a finished render, the edit
+    is based on the latest version and changes something. Returns the base version."""
+    versions = progress.versions.get(req.language)
+    if req.language not in progress.target_languages:
+        raise NotFoundError(f"job {progress.job_id} has no target language {req.language}")
+    if not versions:
+        raise ConflictError(f"{req.language} has no finished dub to revise "
+                            f"(it is {progress.languages.get(req.language, 'queued')})")
+    if not progress.review_open:
+        raise ConflictError(f"job {progress.job_id} is not open for review")
+    latest = versions[-1]
+    if latest.state is JobState.RUNNING:
+        raise ConflictError(f"version {latest.version} of {req.language} is still being "
+                            "made; submit the next edit when it is done")
+    base = next((v for v in reversed(versions) if v.state is JobState.COMPLETED), None)
+    if base is None or req.base_version != base.version:
+        raise ConflictError(
+            f"the edit is based on version {req.base_version}, but the latest version of "
+            f"{req.language} is {base.version if base else 'none'}: re-read the script")
+    mode_changes = req.mixing_mode is not None and req.mixing_mode != base.mixing_mode
+    if not (req.changed_segments or req.voices or mode_changes):
+        raise NoChangeError("the edit changes nothing: no segment, voice or mixing mode "
+                            "differs from version " + str(base.version))
+    if req.changed_segments and not req.script_key:
+        raise ConflictError("changed segments were named without an edited script")
+    return base
 
 
 @dataclass
@@ -402,6 +538,73 @@ class WebhookResult:
     status_code: int
     attempts: int
 
+
+class ExportFormat(StrEnum):
+    """What a finished version can be exported as."""
+
+    MP4 = "mp4"
+    WAV = "wav"
+    MP3 = "mp3"
+    FLAC = "flac"
+    DUB_STEM = "dub_stem"
+    """The dubbed voices alone (WAV)."""
+    BACKGROUND_STEM = "background_stem"
+    """Music and effects without the original voices (WAV)."""
+    SRT = "srt"
+    VTT = "vtt"
+    JSON = "json"
+    """The script as segments, with the speakers and their voices."""
+
+
+#: Formats that can be made from the source script as well as the target one.
+SCRIPT_FORMATS = frozenset({ExportFormat.SRT, ExportFormat.VTT, ExportFormat.JSON})
+
+
+def export_workflow_id(export_id: str) -> str:
+    return f"export-{export_id}"
+
+
+@dataclass
+class ExportRequest:
+    """Input of one `ExportWorkflow` (and of its one activity): keys of a finished version."""
+
+    export_id: str
+    job_id: str
+    language: str
+    version: int
+    format: ExportFormat
+    script: str = "target"
+    """For SRT / VTT / JSON: the ``target`` script or the ``source`` transcript."""
+    output_key: str = ""
+    audio_key: str = ""
+    dub_key: str = ""
+    background_key: str = ""
+    script_key: str = ""
+    transcript_key: str = ""
+    speakers_key: str = ""
+    task_queue: str | None = None
+    tenant: str = "default"
+    callback_url: str | None = None
+    webhook_max_attempts: int = 8
+
+    @property
+    def key(self) -> str:
+        """Where the exported file goes: one object per job, language, version, format."""
+        return (f"jobs/{self.job_id}/{self.language}/exports/v{self.version}/"
+                f"{self.format.value}{'-source' if self.script == 'source' else ''}")
+
+
+@dataclass
+class ExportResult:
+    key: str
+    content_type: str
+    size_bytes: int
+    file_name: str
+
+
+EXPORT_ACTIVITY = "export_media"
+REVISE_UPDATE = "revise"
+APPROVE_UPDATE = "approve"
 
 SETTLE_ACTIVITY = "settle_credits"
 WEBHOOK_ACTIVITY = "deliver_webhook"

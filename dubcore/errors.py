@@ -9,6 +9,7 @@
     │   ├── NoSpeechError             nothing to dub: no speech was found
     │   ├── InvalidScriptError        a supplied script / transcript cannot be used
     │   ├── UploadTooLargeError       more bytes than declared or allowed
+    │   ├── NoChangeError             an edit that changes nothing
     │   ├── InvalidRequestError       a malformed request (header, URL, combination)
     │   └── IdempotencyKeyReusedError the same Idempotency-Key with a different body
     ├── UnauthorizedError             no, unknown or revoked credentials
@@ -70,6 +71,10 @@ class NoSpeechError(BadInputError):
 
 
 class InvalidScriptError(BadInputError):
+    pass
+
+
+class NoChangeError(BadInputError):
     pass
 
 
@@ -144,3 +149,12 @@ def _all_subclasses(cls: type[DubbingError]) -> list[type[DubbingError]]:
 #: Class names Temporal must never retry (retry policies match on the type name).
 _ALL_ERRORS: list[type[DubbingError]] = [DubbingError, *_all_subclasses(DubbingError)]
 NON_RETRYABLE_ERROR_TYPES: list[str] = sorted(c.__name__ for c in _ALL_ERRORS if not c.retryable)
+
+
+def error_named(type_name: str, message: str) -> DubbingError:
+    """The error of our tree with this class name (as it came back through Temporal), or a
+    `ConflictError` for a name we do not know."""
+    for cls in _ALL_ERRORS:
+        if cls.__name__ == type_name:
+            return cls(message)
+    return ConflictError(message)

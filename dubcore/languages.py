@@ -34,6 +34,11 @@ PIPER_VOICES = {"en": [("en_US-joe-medium", "male")]}
 SYNTHESIS_LANGUAGES = frozenset(tag.split("-")[0] for tag in ESPEAK_VOICES)
 
 
+CLONE = "clone"
+"""The voice key that asks for the speaker's own voice (engines that can clone; the CPU
+default engines cannot, and keep the matched voice)."""
+
+
 def voice_catalog(language: str, tts_engine: str = "auto") -> list[dict[str, str]]:
     """The voices that speak ``language``, best first: ``{voice_key, name, style, engine}``
     (style is masculine or feminine, as in the speaker table)."""

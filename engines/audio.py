@@ -119,14 +119,19 @@ def integrated_loudness(audio: np.ndarray, rate_hz: int) -> float:
 
 
 def normalize_loudness(audio: np.ndarray, rate_hz: int, target_lufs: float,
-                       ceiling_dbfs: float = -1.0) -> tuple[np.ndarray, float]:
-    """Gain to ``target_lufs``, then a soft limiter keeps peaks under ``ceiling_dbfs``.
+                       ceiling_dbfs: float = -1.0,
+                       gain_db: float | None = None) -> tuple[np.ndarray, float, float]:
+    """Gain to ``target_lufs`` (or the given ``gain_db``), then a soft limiter keeps peaks
+    under ``ceiling_dbfs``. Both act sample by sample, so with the same gain an unchanged
+    stretch of audio comes out exactly the same.
 
-    Returns (audio, measured loudness after processing)."""
-    measured = integrated_loudness(audio, rate_hz)
-    if not np.isfinite(measured):
-        return audio, measured
-    out = audio * np.float32(10 ** ((target_lufs - measured) / 20))
+    Returns (audio, measured loudness after processing, gain applied in dB)."""
+    if gain_db is None:
+        measured = integrated_loudness(audio, rate_hz)
+        if not np.isfinite(measured):
+            return audio, measured, 0.0
+        gain_db = target_lufs - measured
+    out = audio * np.float32(10 ** (gain_db / 20))
     ceiling = 10 ** (ceiling_dbfs / 20)
     knee = 0.8 * ceiling
     over = np.abs(out) > knee
@@ -134,7 +139,7 @@ def normalize_loudness(audio: np.ndarray, rate_hz: int, target_lufs: float,
         span = ceiling - knee
         excess = (np.abs(out[over]) - knee) / span
         out[over] = np.sign(out[over]) * (knee + span * np.tanh(excess))
-    return out.astype(np.float32), integrated_loudness(out, rate_hz)
+    return out.astype(np.float32), integrated_loudness(out, rate_hz), float(gain_db)
 
 
 # ---- pitch ------------------------------------------------------------------------------

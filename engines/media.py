@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import av.error
@@ -120,3 +121,30 @@ def mux(source: Path, audio: np.ndarray, audio_rate_hz: int, output: Path,
             out.mux(aout.encode(aframe))
         out.mux(aout.encode(None))
     return copied
+
+
+#: Audio-only export: container, codec, sample format and bit rate per format.
+AUDIO_EXPORTS: dict[str, tuple[str, str, int | None]] = {
+    "mp3": ("mp3", "libmp3lame", 192_000),
+    "flac": ("flac", "flac", None),
+}
+
+
+def encode_audio(audio: np.ndarray, rate_hz: int, output: Path, fmt: str) -> None:
+    """Write ``audio`` (channels, samples) as an MP3 or FLAC file."""
+    container, codec, bit_rate = AUDIO_EXPORTS[fmt]
+    layout = "stereo" if audio.shape[0] == 2 else "mono"
+    with av.open(str(output), mode="w", format=container) as out:
+        stream = cast(av.audio.stream.AudioStream, out.add_stream(codec, rate=rate_hz))
+        stream.layout = layout
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        block = 1024 * 32
+        for start in range(0, audio.shape[1], block):
+            chunk = np.ascontiguousarray(audio[:, start:start + block], dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            frame.sample_rate = rate_hz
+            frame.pts = start
+            frame.time_base = Fraction(1, rate_hz)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))

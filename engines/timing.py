@@ -83,14 +83,19 @@ def fit_line(synth: Synth, text: str, window_ms: int, room_ms: int, policy: Timi
 
 
 def place(fits: list[Fit], clips: list[np.ndarray], duration_ms: int,
-          rate_hz: int) -> np.ndarray:
+          rate_hz: int, pinned: list[int | None] | None = None) -> np.ndarray:
     """Lay the clips on a silent track of the media's length, shifting a line later when the
-    previous one overran, and squeezing the last ones (over the bound) rather than cutting."""
+    previous one overran, and squeezing the last ones (over the bound) rather than cutting.
+
+    ``pinned`` (per line, or None) is where a revision keeps an unchanged line: at its
+    previous start, unless the line before it now runs into it (then it shifts as usual).
+    So an edit changes the audio of the edited line only, as long as it fits its room."""
     total = round(duration_ms * rate_hz / 1000)
     track = np.zeros(total, dtype=np.float32)
     cursor_ms = 0
-    for fit, clip in zip(fits, clips, strict=True):
-        start_ms = max(fit.start_ms, cursor_ms)
+    for i, (fit, clip) in enumerate(zip(fits, clips, strict=True)):
+        at = pinned[i] if pinned is not None else None
+        start_ms = max(fit.start_ms if at is None else at, cursor_ms)
         length_ms = round(1000 * clip.size / rate_hz)
         if start_ms + length_ms > duration_ms:  # the media ends: squeeze, never cut
             available = max(duration_ms - start_ms, 1)

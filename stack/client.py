@@ -100,8 +100,54 @@ class DubClient:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s} s")
             time.sleep(poll_s)
 
-    def download(self, job_id: str, dest: Path, language: str | None = None) -> Path:
-        params = {"language": language} if language else {}
+    def _lang(self, job_id: str, language: str) -> str:
+        return f"/v1/jobs/{job_id}/languages/{language}"
+
+    def script(self, job_id: str, language: str, kind: str = "target",
+               version: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"kind": kind}
+        if version is not None:
+            params["version"] = version
+        return self._check(self._http.get(f"{self._lang(job_id, language)}/script",
+                                          params=params))
+
+    def speakers(self, job_id: str, language: str) -> dict[str, Any]:
+        return self._check(self._http.get(f"{self._lang(job_id, language)}/speakers"))
+
+    def validate_revision(self, job_id: str, language: str, **edit: Any) -> dict[str, Any]:
+        return self._check(self._http.post(
+            f"{self._lang(job_id, language)}/revisions/validate", json=edit))
+
+    def revise(self, job_id: str, language: str, **edit: Any) -> dict[str, Any]:
+        """Submit an edit (segments, speakers, mixing_mode); returns the new version."""
+        return self._check(self._http.post(f"{self._lang(job_id, language)}/revisions",
+                                           json=edit))
+
+    def approve(self, job_id: str, language: str, segments: list[dict[str, Any]] | None = None
+                ) -> dict[str, Any]:
+        return self._check(self._http.post(f"{self._lang(job_id, language)}/approve",
+                                           json={"segments": segments or []}))
+
+    def versions(self, job_id: str, language: str) -> dict[str, Any]:
+        return self._check(self._http.get(f"{self._lang(job_id, language)}/versions"))
+
+    def wait_version(self, job_id: str, language: str, version: int, poll_s: float = 0.5,
+                     timeout_s: float = 1800.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = self.versions(job_id, language)
+            v = next((v for v in got["versions"] if v["version"] == version), None)
+            if v is not None and v["status"] in TERMINAL:
+                return v
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"version {version} not done after {timeout_s} s")
+            time.sleep(poll_s)
+
+    def download(self, job_id: str, dest: Path, language: str | None = None,
+                 version: int | None = None) -> Path:
+        params: dict[str, Any] = {"language": language} if language else {}
+        if version is not None:
+            params["version"] = version
         with self._http.stream("GET", f"/v1/jobs/{job_id}/result", params=params,
                                follow_redirects=True) as resp:
             if resp.status_code >= 400:

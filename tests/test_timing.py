@@ -60,3 +60,19 @@ def test_overruns_push_later_lines_and_the_end_is_squeezed_not_cut() -> None:
     assert fits[0].overflow_ms == 500 and fits[1].shift_ms == 1500 + 80 - 1200
     assert fits[1].over_bound and fits[1].placed_end_ms <= 2500
     assert abs(track[-10:]).max() > 0 or fits[1].placed_end_ms < 2500
+
+
+def test_a_revision_keeps_unchanged_lines_where_they_were() -> None:
+    # Version 1: line 0 overran and pushed line 1 to 1580 ms.
+    first = [_fit(0, 0, 1000), _fit(1, 1200, 2000)]
+    long_clip, clip1 = np.ones(int(1.5 * RATE), np.float32), np.ones(RATE // 2, np.float32)
+    place(first, [long_clip, clip1], 4000, RATE)
+    assert first[1].placed_start_ms == 1580
+    # Line 0 edited shorter: line 1 stays at 1580 (pinned), not back at 1200.
+    again = [_fit(0, 0, 1000), _fit(1, 1200, 2000)]
+    place(again, [np.ones(RATE // 2, np.float32), clip1], 4000, RATE, [None, 1580])
+    assert again[1].placed_start_ms == 1580
+    # Line 0 edited longer than the room before line 1: line 1 shifts as usual.
+    longer = [_fit(0, 0, 1000), _fit(1, 1200, 2000)]
+    place(longer, [np.ones(2 * RATE, np.float32), clip1], 4000, RATE, [None, 1580])
+    assert longer[1].placed_start_ms == 2000 + 80

@@ -11,10 +11,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -23,14 +29,22 @@ from temporalio.worker import Worker
 from activities.account import AccountActivities
 from dubcore import accounts, jobs
 from dubcore.contracts import (
+    APPROVE_UPDATE,
     LANGUAGE_STAGES,
+    REVISE_UPDATE,
     SHARED_STAGES,
     STAGES,
+    ApproveRequest,
     JobProgress,
     JobRequest,
     JobState,
     JobStatus,
+    MixingMode,
+    MixInput,
+    RevisionRequest,
     Stage,
+    SynthesizeInput,
+    Version,
 )
 from dubcore.errors import CorruptMediaError, EngineError, UnsupportedLanguageError
 from dubcore.settings import Settings
@@ -248,6 +262,104 @@ async def test_status_while_running_then_cancel_refunds(
     with sessions() as s:
         assert {r.state for r in accounts.reservations(s, req.job_id)} == {"refunded"}
         assert accounts.balance(s, "acme") == 100
+
+
+async def _until(check: Any, timeout_s: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_paused_language_waits_for_approval_then_uses_the_edit(
+        dev_env: WorkflowEnvironment, sessions: sessionmaker[Session]) -> None:
+    client = dev_env.client
+    queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
+    seen: list[SynthesizeInput] = []
+    fakes.behaviour_with_input[Stage.SYNTHESIZE] = lambda _, inp: seen.append(inp)
+    req = _request(queue, sessions)
+    req.pause_for_review = True
+    with ThreadPoolExecutor(4) as pool:
+        async with _worker(client, queue, fakes, sessions, pool):
+            handle = await client.start_workflow(
+                DubbingJobWorkflow.run, req, id=jobs.job_workflow_id(req.job_id),
+                task_queue=queue)
+
+            async def paused() -> bool:
+                with contextlib.suppress(RPCError, WorkflowQueryFailedError):
+                    st = await jobs.language_status(client, req.job_id, "pt-BR")
+                    return st.state is JobState.AWAITING_REVIEW
+                return False
+
+            await _until(paused)
+            assert Stage.SYNTHESIZE not in fakes.calls  # nothing is synthesized unapproved
+            child = client.get_workflow_handle(jobs.language_workflow_id(req.job_id, "pt-BR"))
+            approved = await child.execute_update(
+                APPROVE_UPDATE, ApproveRequest("edits/script.json", [2]), result_type=JobStatus)
+            with pytest.raises(WorkflowUpdateFailedError) as again:
+                await child.execute_update(APPROVE_UPDATE, ApproveRequest())
+            result = await handle.result()
+    assert approved.state is JobState.RUNNING
+    assert isinstance(again.value.cause, ApplicationError)
+    assert again.value.cause.type == "ConflictError"
+    assert "not awaiting review" in again.value.cause.message
+    assert [i.script_key for i in seen] == ["edits/script.json"]
+    assert result.state is JobState.COMPLETED
+
+
+async def test_revisions_make_new_versions_while_the_review_window_is_open(
+        dev_env: WorkflowEnvironment, sessions: sessionmaker[Session]) -> None:
+    client = dev_env.client
+    queue, fakes = f"q-{uuid.uuid4().hex}", FakeStages()
+    synth: list[SynthesizeInput] = []
+    mixes: list[MixInput] = []
+    fakes.behaviour_with_input[Stage.SYNTHESIZE] = lambda _, inp: synth.append(inp)
+    fakes.behaviour_with_input[Stage.MIX] = lambda _, inp: mixes.append(inp)
+    req = _request(queue, sessions)
+    req.review_window_s = 3
+    with ThreadPoolExecutor(4) as pool:
+        async with _worker(client, queue, fakes, sessions, pool):
+            handle = await client.start_workflow(
+                DubbingJobWorkflow.run, req, id=jobs.job_workflow_id(req.job_id),
+                task_queue=queue)
+
+            async def review_open() -> bool:
+                with contextlib.suppress(RPCError, WorkflowQueryFailedError):
+                    return (await jobs.job_progress(client, req.job_id)).review_open
+                return False
+
+            await _until(review_open)
+            edit = RevisionRequest("pt-BR", base_version=1, script_key="edits/a.json",
+                                   changed_segments=[1])
+            v2 = await handle.execute_update(REVISE_UPDATE, edit, result_type=Version)
+            rejected = []
+            for bad in (edit,  # stale: version 2 exists now
+                        RevisionRequest("pt-BR", base_version=2),  # changes nothing
+                        RevisionRequest("de", base_version=1, changed_segments=[0])):
+                with pytest.raises(WorkflowUpdateFailedError) as err:
+                    await handle.execute_update(REVISE_UPDATE, bad)
+                assert isinstance(err.value.cause, ApplicationError)
+                rejected.append(err.value.cause.type)
+            v3 = await handle.execute_update(
+                REVISE_UPDATE, RevisionRequest(
+                    "pt-BR", base_version=2,
+                    mixing_mode=MixingMode.VOICEOVER_WITH_ORIGINAL_TRACK),
+                result_type=Version)
+            result = await handle.result()  # the window passes with no more edits
+    assert (v2.version, v2.state, v2.changed_segments) == (2, JobState.COMPLETED, [1])
+    assert v2.output_key == f"jobs/{req.job_id}/pt-BR/v2/dubbed.mp4"
+    assert rejected == ["ConflictError", "NoChangeError", "NotFoundError"]
+    # Version 2 re-synthesized on top of version 1 and kept its loudness gain; version 3
+    # only re-mixed (a new mixing mode: its loudness is measured again).
+    assert [(i.script_key, i.previous_fits_key, i.prefix) for i in synth[1:]] == [
+        ("edits/a.json", f"jobs/{req.job_id}/pt-BR/fits.json",
+         f"jobs/{req.job_id}/pt-BR/v2")]
+    assert [m.gain_db for m in mixes] == [None, 0.0, None]
+    assert v3.dub_key == v2.dub_key and v3.mixing_mode is MixingMode.VOICEOVER_WITH_ORIGINAL_TRACK
+    assert [v.version for v in result.versions["pt-BR"]] == [1, 2, 3]
+    assert not result.review_open and result.state is JobState.COMPLETED
+    with sessions() as s:  # revisions are free: the language was charged once
+        assert accounts.balance(s, "acme") == 99
 
 
 def test_activity_names_are_stable() -> None:

@@ -53,6 +53,11 @@ def build_activities(settings: Settings, store: ObjectStore,
             instances[where] = cls(store, settings)
         by_queue[settings.task_queue(stage)].append(
             getattr(instances[where], ACTIVITY_NAMES[stage]))
+    if Stage.MIX in stages:  # exports run where the mix runs (PyAV, the mixed masters)
+        from activities.export import ExportActivities
+
+        by_queue[settings.task_queue(Stage.MIX)].append(
+            ExportActivities(store, settings).export_media)
     return dict(by_queue)
 
 
@@ -67,11 +72,13 @@ def build_workers(client: Client, settings: Settings, store: ObjectStore,
         from activities.account import AccountActivities
         from dubcore.db import make_engine, make_sessionmaker
         from workflows.dubbing import DubbingWorkflow
+        from workflows.export import ExportWorkflow
         from workflows.job import DubbingJobWorkflow
 
         account = AccountActivities(make_sessionmaker(make_engine(settings)), settings)
         workers.append(Worker(client, task_queue=WORKFLOW_TASK_QUEUE,
-                              workflows=[DubbingJobWorkflow, DubbingWorkflow],
+                              workflows=[DubbingJobWorkflow, DubbingWorkflow,
+                                         ExportWorkflow],
                               activities=[account.settle_credits, account.deliver_webhook],
                               activity_executor=executor))
     return workers

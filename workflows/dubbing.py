@@ -17,9 +17,11 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from dubcore.contracts import (
+        APPROVE_UPDATE,
         LANGUAGE_STAGES,
         SETTLE_ACTIVITY,
         STAGE_WEIGHTS,
+        ApproveRequest,
         DubbingRequest,
         DubbingResult,
         JobState,
@@ -56,12 +58,34 @@ R = TypeVar("R")
 class DubbingWorkflow:
     def __init__(self) -> None:
         self._status: JobStatus | None = None
+        self._approved: ApproveRequest | None = None
 
     @workflow.query
     def status(self) -> JobStatus:
         if self._status is None:
             raise ApplicationError("the job has not started yet")
         return self._status
+
+    @workflow.update(name=APPROVE_UPDATE)
+    async def approve(self, req: ApproveRequest) -> JobStatus:
+        """Continue after review, with the target script as it is or as edited."""
+        self._approved = req
+        assert self._status is not None
+        await workflow.wait_condition(
+            lambda: self._status is None or self._status.state is not JobState.AWAITING_REVIEW)
+        return self._status
+
+    @approve.validator
+    def _check_approve(self, req: ApproveRequest) -> None:
+        st = self._status
+        if st is None or st.state is not JobState.AWAITING_REVIEW or self._approved:
+            state = st.state.value if st else "queued"
+            raise ApplicationError(
+                f"{st.target_language if st else 'this language'} is not awaiting review "
+                f"(it is {state})", type="ConflictError", non_retryable=True)
+        if req.changed_segments and not req.script_key:
+            raise ApplicationError("changed segments were named without an edited script",
+                                   type="ConflictError", non_retryable=True)
 
     @workflow.run
     async def run(self, req: DubbingRequest) -> DubbingResult:
@@ -103,10 +127,16 @@ class DubbingWorkflow:
                            shared.transcript.language, req.target_language, p,
                            req.target_script_key),
             TranslateResult)
+        script_key = script.script_key
+        assert self._status is not None
+        self._status.script_key = script_key
+        if req.pause_for_review:
+            script_key = await self._review(script_key)
         speech = await self._stage(
             req, Stage.SYNTHESIZE,
-            SynthesizeInput(req.job_id, script.script_key, shared.speech_key,
-                            req.target_language, shared.probe.duration_ms, p, req.timing),
+            SynthesizeInput(req.job_id, script_key, shared.speech_key,
+                            req.target_language, shared.probe.duration_ms, p, req.timing,
+                            voices=req.voices),
             SynthesizeResult)
         lips = await self._stage(
             req, Stage.LIPSYNC,
@@ -122,9 +152,24 @@ class DubbingWorkflow:
             output_key=mixed.output_key, dub_key=speech.dub_key,
             background_key=shared.separate.background_key,
             transcript_key=shared.transcript.transcript_key,
-            script_key=script.script_key, fits_key=speech.fits_key,
+            script_key=script_key, fits_key=speech.fits_key,
             speakers_key=speech.speakers_key, source_language=shared.transcript.language,
-            duration_ms=mixed.duration_ms, lipsync=lips, loudness_lufs=mixed.loudness_lufs)
+            duration_ms=mixed.duration_ms, lipsync=lips, loudness_lufs=mixed.loudness_lufs,
+            gain_db=mixed.gain_db, mixing_mode=req.mixing_mode, audio_key=mixed.audio_key)
+
+    async def _review(self, script_key: str) -> str:
+        """Wait (durably, for as long as it takes) until the script is approved."""
+        st = self._status
+        assert st is not None
+        st.state, st.stage = JobState.AWAITING_REVIEW, None
+        upsert(SA_STATUS.value_set(JobState.AWAITING_REVIEW.value))
+        await workflow.wait_condition(lambda: self._approved is not None)
+        assert self._approved is not None
+        st.state = JobState.RUNNING
+        upsert(SA_STATUS.value_set(JobState.RUNNING.value))
+        if self._approved.script_key:
+            st.script_key = script_key = self._approved.script_key
+        return script_key
 
     async def _stage(self, req: DubbingRequest, stage: Stage, arg: object,
                      result_type: type[R]) -> R:

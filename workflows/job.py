@@ -1,7 +1,12 @@
 """`DubbingJobWorkflow`: one dubbing job. It runs the shared stages once (probe, separate,
 diarize, transcribe), then one child `DubbingWorkflow` per target language, each with its
 own status and result; when all have ended it refunds what no language used and sends the
-signed ``job.*`` webhook."""
+signed ``job.*`` webhook.
+
+Then it stays open for review (``review_window_s``): a ``revise`` update makes the next
+numbered version of one language's dub, re-synthesizing only the lines that changed and
+re-mixing with the first version's loudness gain, so that what was not edited comes out
+the same. The window restarts with every revision; when it passes, the workflow ends."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -20,6 +25,7 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from dubcore.contracts import (
+        REVISE_UPDATE,
         SETTLE_ACTIVITY,
         WEBHOOK_ACTIVITY,
         DiarizeInput,
@@ -29,20 +35,31 @@ with workflow.unsafe.imports_passed_through():
         JobProgress,
         JobRequest,
         JobState,
+        LipSyncInput,
+        LipSyncResult,
+        MixInput,
+        MixResult,
         ProbeInput,
         ProbeResult,
+        RevisionRequest,
         SeparateInput,
         SeparateResult,
         SettleInput,
         SettleResult,
         SharedArtifacts,
         Stage,
+        SynthesizeInput,
+        SynthesizeResult,
         TranscribeInput,
         TranscribeResult,
+        Version,
         WebhookInput,
         WebhookResult,
+        check_revision,
         language_workflow_id,
+        version_one,
     )
+    from dubcore.errors import DubbingError
 
 from workflows.dubbing import DubbingWorkflow
 from workflows.stages import (
@@ -55,6 +72,7 @@ from workflows.stages import (
     failure_of,
     run_stage,
     upsert,
+    webhook_retry,
 )
 
 
@@ -64,6 +82,9 @@ class DubbingJobWorkflow:
         self._progress: JobProgress | None = None
         self._results: dict[str, DubbingResult] = {}
         self._errors: dict[str, tuple[str, str]] = {}
+        self._req: JobRequest | None = None
+        self._shared_artifacts: SharedArtifacts | None = None
+        self._touched = False
 
     @workflow.query
     def status(self) -> JobProgress:
@@ -71,8 +92,80 @@ class DubbingJobWorkflow:
             raise ApplicationError("the job has not started yet")
         return self._progress
 
+    @workflow.update(name=REVISE_UPDATE)
+    async def revise(self, req: RevisionRequest) -> Version:
+        """Make the next version of one language's dub from an edited script, voices or
+        mixing mode. Returns the finished version (or fails the update, never the job)."""
+        pr, job, shared = self._progress, self._req, self._shared_artifacts
+        assert pr is not None and job is not None and shared is not None
+        base = check_revision(pr, req)
+        versions = pr.versions[req.language]
+        mode = req.mixing_mode or base.mixing_mode
+        v = Version(version=versions[-1].version + 1, state=JobState.RUNNING,
+                    created_at=workflow.now().isoformat(),
+                    script_key=req.script_key or base.script_key, mixing_mode=mode,
+                    changed_segments=list(req.changed_segments),
+                    changed_speakers=sorted(req.voices), note=req.note)
+        versions.append(v)
+        self._touched = True
+        prefix = f"jobs/{job.job_id}/{req.language}/v{v.version}"
+        duration_s = shared.probe.duration_ms / 1000
+        try:
+            if req.changed_segments or req.voices:
+                speech = await run_stage(
+                    v, job.task_queues, Stage.SYNTHESIZE,
+                    SynthesizeInput(job.job_id, v.script_key, shared.speech_key, req.language,
+                                    shared.probe.duration_ms, prefix, job.timing,
+                                    voices=req.voices, speakers_key=base.speakers_key,
+                                    previous_fits_key=base.fits_key),
+                    SynthesizeResult, duration_s)
+                v.dub_key, v.fits_key, v.speakers_key = (speech.dub_key, speech.fits_key,
+                                                         speech.speakers_key)
+                v.lines_synthesized, v.lines_reused = (speech.lines_synthesized,
+                                                       speech.lines_reused)
+            else:
+                v.dub_key, v.fits_key, v.speakers_key = (base.dub_key, base.fits_key,
+                                                         base.speakers_key)
+            lips = await run_stage(
+                v, job.task_queues, Stage.LIPSYNC,
+                LipSyncInput(job.job_id, job.source_key, v.dub_key, prefix, job.lipsync),
+                LipSyncResult, duration_s)
+            mixed = await run_stage(
+                v, job.task_queues, Stage.MIX,
+                MixInput(job.job_id, job.source_key, v.dub_key, shared.probe.audio_key,
+                         shared.separate.background_key, mode, prefix, lips.video_key,
+                         gain_db=base.gain_db if mode == base.mixing_mode else None),
+                MixResult, duration_s)
+        except ActivityError as e:
+            failure = failure_of(e)
+            v.state, v.error_type, v.error_message = (JobState.FAILED, failure.error_type,
+                                                      failure.message)
+            v.stage = None
+            self._touched = True
+            await self._notify(job, "job.revision.failed", self._revision_payload(req, v))
+            raise ApplicationError(f"version {v.version} failed: {failure.message}",
+                                   type=failure.error_type, non_retryable=True) from e
+        v.output_key, v.audio_key, v.duration_ms = (mixed.output_key, mixed.audio_key,
+                                                     mixed.duration_ms)
+        v.loudness_lufs, v.gain_db = mixed.loudness_lufs, mixed.gain_db
+        v.state, v.stage = JobState.COMPLETED, None
+        self._touched = True
+        await self._notify(job, "job.revision.completed", self._revision_payload(req, v))
+        return v
+
+    @revise.validator
+    def _check_revise(self, req: RevisionRequest) -> None:
+        if self._progress is None:
+            raise ApplicationError("the job has not started yet", type="ConflictError",
+                                   non_retryable=True)
+        try:
+            check_revision(self._progress, req)
+        except DubbingError as e:
+            raise ApplicationError(e.message, type=e.type_name, non_retryable=True) from e
+
     @workflow.run
     async def run(self, req: JobRequest) -> JobProgress:
+        self._req = req
         pr = self._progress = JobProgress(
             job_id=req.job_id, target_languages=list(req.target_languages),
             state=JobState.RUNNING,
@@ -106,7 +199,31 @@ class DubbingJobWorkflow:
             raise ApplicationError(f"every target language failed: {first[1]}",
                                    type=first[0], non_retryable=True)
         await self._end(req, JobState.COMPLETED)
+        await self._review(req)
         return pr
+
+    async def _review(self, req: JobRequest) -> None:
+        """Stay open for revisions until the window passes with none made or running."""
+        pr = self._progress
+        assert pr is not None
+        if req.review_window_s <= 0:
+            return
+        window = timedelta(seconds=req.review_window_s)
+        pr.review_open = True
+        try:
+            while True:
+                pr.review_closes_at = (workflow.now() + window).isoformat()
+                self._touched = False
+                try:
+                    await workflow.wait_condition(lambda: self._touched, timeout=window)
+                except TimeoutError:
+                    if not any(vs[-1].state is JobState.RUNNING
+                               for vs in pr.versions.values()):
+                        break
+        except (asyncio.CancelledError, CancelledError):
+            pass  # cancelling a finished job closes its review
+        pr.review_open, pr.review_closes_at = False, None
+        await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _shared(self, req: JobRequest) -> SharedArtifacts:
         pr, p = self._progress, req.prefix
@@ -127,11 +244,12 @@ class DubbingJobWorkflow:
             pr, req.task_queues, Stage.TRANSCRIBE,
             TranscribeInput(req.job_id, speech_key, turns.turns_key, p, req.source_language),
             TranscribeResult, duration_s)
-        pr.source_language = transcript.language
+        pr.source_language, pr.transcript_key = transcript.language, transcript.transcript_key
         pr.stage = None
         upsert(SA_SOURCE_LANGUAGE.value_set(transcript.language))
-        return SharedArtifacts(probe=probe, separate=sep, speech_key=speech_key,
-                               transcript=transcript)
+        self._shared_artifacts = SharedArtifacts(probe=probe, separate=sep,
+                                                 speech_key=speech_key, transcript=transcript)
+        return self._shared_artifacts
 
     async def _language(self, req: JobRequest, lang: str, shared: SharedArtifacts) -> None:
         pr = self._progress
@@ -140,7 +258,8 @@ class DubbingJobWorkflow:
             job_id=req.job_id, source_key=req.source_key, target_language=lang,
             shared=shared, mixing_mode=req.mixing_mode,
             target_script_key=req.target_script_keys.get(lang), lipsync=req.lipsync,
-            timing=req.timing, task_queues=req.task_queues, tenant=req.tenant)
+            timing=req.timing, task_queues=req.task_queues, tenant=req.tenant,
+            voices=req.voices, pause_for_review=req.pause_for_review)
         pr.languages[lang] = JobState.RUNNING.value
         try:
             result = await workflow.execute_child_workflow(
@@ -158,6 +277,7 @@ class DubbingJobWorkflow:
                 self._errors[lang] = ("EngineError", str(cause or e))
             return
         self._results[lang] = result
+        pr.versions[lang] = [version_one(result, workflow.now().isoformat())]
         pr.languages[lang] = JobState.COMPLETED.value
 
     async def _end(self, req: JobRequest, state: JobState) -> None:
@@ -170,27 +290,39 @@ class DubbingJobWorkflow:
         await workflow.execute_activity(
             SETTLE_ACTIVITY, SettleInput(req.job_id), result_type=SettleResult,
             start_to_close_timeout=timedelta(seconds=30), retry_policy=ACCOUNT_RETRY)
-        if not req.callback_url:
-            return
         event = f"job.{state.value}"
-        payload: dict[str, Any] = {
+        await self._notify(req, event, {
             "event": event, "job_id": req.job_id, "status": state.value,
             "languages": dict(pr.languages),
             "error": ({"type": pr.error_type, "message": pr.error_message}
                       if pr.error_type else None),
-            "occurred_at": workflow.now().isoformat()}
+            "occurred_at": workflow.now().isoformat()})
+
+    def _revision_payload(self, req: RevisionRequest, v: Version) -> dict[str, Any]:
+        assert self._req is not None
+        return {"event": f"job.revision.{v.state.value}", "job_id": self._req.job_id,
+                "language": req.language, "version": v.version, "status": v.state.value,
+                "changed_segments": v.changed_segments,
+                "error": ({"type": v.error_type, "message": v.error_message}
+                          if v.error_type else None),
+                "occurred_at": workflow.now().isoformat()}
+
+    async def _notify(self, req: JobRequest, event: str, payload: dict[str, Any]) -> None:
+        """The signed webhook, retried with back-off; a receiver that never answers does
+        not fail the job."""
+        if not req.callback_url:
+            return
         try:
             await workflow.execute_activity(
                 WEBHOOK_ACTIVITY,
-                WebhookInput(delivery_id=f"{req.job_id}:{event}:{workflow.info().run_id}",
+                WebhookInput(delivery_id=f"{req.job_id}:{event}:{workflow.info().run_id}"
+                             + (f":{payload['language']}:{payload['version']}"
+                                if "version" in payload else ""),
                              tenant=req.tenant, job_id=req.job_id, event=event,
                              url=req.callback_url, payload=payload,
                              max_attempts=req.webhook_max_attempts),
                 result_type=WebhookResult, start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=5),
-                                         backoff_coefficient=2.0,
-                                         maximum_interval=timedelta(minutes=10),
-                                         maximum_attempts=req.webhook_max_attempts))
+                retry_policy=webhook_retry(req.webhook_max_attempts))
         except ActivityError:
             workflow.logger.warning("webhook %s to %s was not delivered", event,
                                     req.callback_url)

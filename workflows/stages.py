@@ -50,6 +50,12 @@ ACCOUNT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeff
                             maximum_interval=timedelta(minutes=1), maximum_attempts=0)
 
 
+def webhook_retry(max_attempts: int) -> RetryPolicy:
+    """Webhooks: back-off from 5 s to 10 min, as many attempts as configured."""
+    return RetryPolicy(initial_interval=timedelta(seconds=5), backoff_coefficient=2.0,
+                       maximum_interval=timedelta(minutes=10), maximum_attempts=max_attempts)
+
+
 class Tracked(Protocol):
     """The part of a status object the runner keeps up to date."""
 

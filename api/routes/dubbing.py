@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, status
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -38,12 +39,13 @@ from dubcore.errors import (
     ConflictError,
     InsufficientCreditsError,
     InvalidRequestError,
+    InvalidScriptError,
     MediaTooLongError,
     NotFoundError,
     UnsupportedMediaError,
     UploadTooLargeError,
 )
-from dubcore.languages import check_job_languages
+from dubcore.languages import CLONE, check_job_languages, voice_catalog
 from dubcore.media_info import probe
 from dubcore.storage import S3_MAX_SINGLE_PUT_BYTES, S3Store
 
@@ -186,17 +188,22 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
         script_keys[body.target_languages[0]] = script.object_key
     for lang in body.target_languages:
         check_job_languages(body.source_language, lang, has_target_script=lang in script_keys)
+        voices = {v["voice_key"] for v in voice_catalog(lang, settings.tts_engine)}
+        for choice in body.speakers:
+            if choice.voice_key != CLONE and choice.voice_key not in voices:
+                raise InvalidScriptError(
+                    f"voice {choice.voice_key!r} (for {choice.speaker_id}) does not speak "
+                    f"{lang} here; see GET /v1/voices")
     info = probe(store.read_location(job.source_key), timeout_s=30)
     if info.duration_ms > settings.max_duration_s * 1000:
         raise MediaTooLongError(f"the media lasts {info.duration_ms / 1000:.0f} s; the limit "
                                 f"is {settings.max_duration_s} s")
     minutes = accounts.cost_minutes(info.duration_ms)
-    # Reserve first and remember it ("starting"): a retried start reserves nothing twice.
-    job.state, job.duration_ms = "starting", info.duration_ms
+    _claim(db, job, body)
+    job.duration_ms = info.duration_ms
     job.cost_minutes = minutes * len(body.target_languages)
     job.target_languages = list(body.target_languages)
     job.name = body.name or job.name
-    job.request = {**job.request, **body.model_dump(mode="json")}
     db.commit()
     try:
         balance = accounts.reserve(db, who.tenant_id, job.id, body.target_languages, minutes)
@@ -211,7 +218,9 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
         lipsync=body.lipsync, notes=body.notes,
         timing=TimingPolicy(max_speedup=body.max_speedup),
         task_queues=settings.task_queues(), tenant=who.tenant_id,
-        callback_url=body.callback_url, webhook_max_attempts=settings.webhook_max_attempts)
+        callback_url=body.callback_url, webhook_max_attempts=settings.webhook_max_attempts,
+        voices={v.speaker_id: v.voice_key for v in body.speakers},
+        pause_for_review=body.pause_for_review, review_window_s=settings.review_window_s)
     try:
         handle = await jobs.start_job(await services.temporal(), req)
         job.workflow_id = handle.id
@@ -227,6 +236,26 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
     out = await job_out(job, services)
     out.balance_minutes = balance
     return out
+
+
+def _claim(db: Session, job: Job, body: StartJob) -> None:
+    """Take the job from waiting_upload to "starting" with one conditional UPDATE, before
+    any credit is reserved. Of concurrent starts exactly one wins; a start that repeats the
+    winner's request (a client retry, or a retry after a crash mid-start) goes on with it,
+    reserving nothing twice and starting one workflow; a different request is a 409."""
+    wanted = body.model_dump(mode="json")
+    claimed = db.execute(
+        update(Job).where(Job.id == job.id, Job.state == JobState.WAITING_UPLOAD.value)
+        .values(state="starting", request={**job.request, **wanted})
+        .returning(Job.id)).first() is not None
+    db.commit()
+    db.refresh(job)
+    if claimed:
+        return
+    if job.state == "starting" and all(job.request.get(k) == v for k, v in wanted.items()):
+        return
+    raise ConflictError(f"job {job.id} was already started (or is being started with "
+                        "other options)")
 
 
 def _upload(db: Session, who: Principal, upload_id: str) -> Upload:

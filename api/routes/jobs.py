@@ -4,6 +4,7 @@ webhook deliveries. Every route is scoped to the caller's tenant."""
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from api.auth import Principal, PrincipalDep
 from api.deps import DbDep, Services, ServicesDep
 from api.schemas import (
     Deleted,
+    Download,
     DownloadOut,
     ErrorBody,
     JobError,
@@ -38,10 +40,14 @@ from dubcore.contracts import (
     JobState,
     JobStatus,
     StageTiming,
+    Version,
+    version_one,
 )
 from dubcore.db import Job, WebhookDelivery, as_utc, utcnow
 from dubcore.errors import ConflictError, InvalidRequestError, NotFoundError
 from dubcore.storage import get_json
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={
     code: {"model": ErrorBody} for code in (400, 401, 402, 404, 409, 422, 429)})
@@ -60,39 +66,55 @@ def load_job(db: Session, who: Principal, job_id: str) -> Job:
 
 
 async def _query(coro: Any) -> Any:
+    """A workflow query, or None when the workflow cannot answer right now: not found, its
+    first workflow task has not run yet, or it did not answer in time (a busy worker). The
+    caller then shows the job as the index last saw it; a status read never fails for it."""
     try:
         return await coro
     except RPCError as e:
-        # Not found, or the first workflow task has not run yet: the caller shows the job
-        # as queued (or as the index last saw it). Any other RPC error propagates.
-        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            return None
-        raise
+        if e.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+            log.warning("status query failed (%s): %s", e.status.name, e.message)
+        return None
     except WorkflowQueryFailedError:
         return None
 
 
-def _timings(ts: list[StageTiming]) -> list[StageTimingOut]:
+def timings_out(ts: list[StageTiming]) -> list[StageTimingOut]:
     return [StageTimingOut(stage=t.stage, started_at=t.started_at, duration_ms=t.duration_ms)
             for t in ts]
 
 
-def _result(services: Services, st: JobStatus) -> LanguageResult | None:
+def download_of(services: Services, job_id: str, language: str, output_key: str,
+                version: int) -> Download:
+    store, settings = services.store, services.settings
+    suffix = "" if version <= 1 else f".v{version}"
+    url = store.presign_get(output_key, settings.url_expiry_s,
+                            filename=f"{job_id}.{language}{suffix}.mp4")
+    return Download(url=url.url, expires_at=url.expires_at, expires_in=settings.url_expiry_s,
+                    size_bytes=store.size(output_key), content_type="video/mp4")
+
+
+def _result(services: Services, st: JobStatus, latest: Version | None) -> LanguageResult | None:
+    """A language's result: its latest finished version (version 1 is the child's own)."""
     r = st.result
     if r is None:
         return None
-    store, settings = services.store, services.settings
-    url = store.presign_get(r.output_key, settings.url_expiry_s,
-                            filename=f"{r.job_id}.{r.target_language}.mp4")
+    v = latest or version_one(r, "")
+    store = services.store
     return LanguageResult(
-        download=DownloadOut(url=url.url, expires_at=url.expires_at,
-                             expires_in=settings.url_expiry_s,
-                             size_bytes=store.size(r.output_key), content_type="video/mp4",
-                             job_id=r.job_id, language=r.target_language),
-        duration_ms=r.duration_ms, loudness_lufs=r.loudness_lufs,
+        download=download_of(services, r.job_id, r.target_language, v.output_key, v.version),
+        duration_ms=v.duration_ms, loudness_lufs=v.loudness_lufs,
         lipsync={"skipped": r.lipsync.skipped, "reason": r.lipsync.reason,
                  "engine": r.lipsync.engine},
-        speakers=get_json(store, r.speakers_key), segments=get_json(store, r.fits_key))
+        speakers=get_json(store, v.speakers_key), segments=get_json(store, v.fits_key))
+
+
+def latest_version(pr: JobProgress, language: str, number: int | None = None
+                   ) -> Version | None:
+    done = [v for v in pr.versions.get(language, []) if v.state is JobState.COMPLETED]
+    if number is not None:
+        return next((v for v in done if v.version == number), None)
+    return done[-1] if done else None
 
 
 def _ui(services: Services, wf_id: str) -> str:
@@ -116,7 +138,7 @@ async def job_out(job: Job, services: Services) -> JobOut:
         # how it ended.
         out.status = job.state if job.state in _TERMINAL else JobState.QUEUED.value
         return out
-    out.stage, out.stages = pr.stage, _timings(pr.timings)
+    out.stage, out.stages = pr.stage, timings_out(pr.timings)
     out.source_language = pr.source_language or out.source_language
     out.duration_ms = pr.duration_ms or out.duration_ms
     if pr.error_type:
@@ -132,7 +154,10 @@ async def job_out(job: Job, services: Services) -> JobOut:
                          workflow_id=wf_id)
         if st is not None:
             lo.status, lo.stage, lo.progress_percent = st.state.value, st.stage, st.percent
-            lo.stages, lo.result = _timings(st.timings), _result(services, st)
+            latest = latest_version(pr, lang)
+            lo.stages = timings_out(st.timings)
+            lo.result = _result(services, st, latest)
+            lo.version = latest.version if latest else (1 if st.result else None)
             if st.error_type:
                 lo.error = JobError(type=st.error_type, message=st.error_message or "",
                                     stage=st.failed_stage)
@@ -141,6 +166,8 @@ async def job_out(job: Job, services: Services) -> JobOut:
     states = {lo.status for lo in out.languages}
     if pr.state is JobState.RUNNING or states & {"running", "queued"}:
         out.status = JobState.RUNNING.value
+        if JobState.AWAITING_REVIEW.value in states and not states & {"running", "queued"}:
+            out.status = JobState.AWAITING_REVIEW.value
     elif JobState.COMPLETED.value in states:
         out.status = JobState.COMPLETED.value
     else:
@@ -215,24 +242,46 @@ async def get_job(job_id: str, services: ServicesDep, db: DbDep, who: PrincipalD
     return out
 
 
-async def _download(job_id: str, language: str | None, services: Services, db: Session,
-                    who: Principal) -> DownloadOut:
+async def _download(job_id: str, language: str | None, version: int | None,
+                    services: Services, db: Session, who: Principal) -> DownloadOut:
     out = await job_out(load_job(db, who, job_id), services)
     db.commit()
-    for lo in out.languages:
-        if language in (None, lo.language) and lo.result is not None:
-            return DownloadOut.model_validate(lo.result.download.model_dump())
     if language is not None and language not in out.target_languages:
         raise NotFoundError(f"job {job_id} has no target language {language}")
+    if version is not None and version > 1:
+        if language is None:
+            raise InvalidRequestError("name the language of the version to download")
+        pr: JobProgress | None = await _query(jobs.job_progress(await services.temporal(),
+                                                                job_id))
+        v = latest_version(pr, language, version) if pr else None
+        if v is None:
+            raise NotFoundError(f"{language} of job {job_id} has no finished version "
+                                f"{version}")
+        got = download_of(services, job_id, language, v.output_key, v.version)
+        return DownloadOut(**got.model_dump(), job_id=job_id, language=language,
+                           version=v.version)
+    for lo in out.languages:
+        if language in (None, lo.language) and lo.result is not None:
+            if version == 1 and lo.version != 1:
+                st: JobStatus = await jobs.language_status(await services.temporal(),
+                                                           job_id, lo.language)
+                assert st.result is not None
+                got = download_of(services, job_id, lo.language, st.result.output_key, 1)
+                return DownloadOut(**got.model_dump(), job_id=job_id, language=lo.language,
+                                   version=1)
+            return DownloadOut(**lo.result.download.model_dump(), job_id=job_id,
+                               language=lo.language, version=lo.version or 1)
     raise ConflictError(f"job {job_id} has no result yet (status: {out.status})")
 
 
 @router.get("/{job_id}/download", response_model=DownloadOut)
 async def download(job_id: str, services: ServicesDep, db: DbDep, who: PrincipalDep,
                    language: Annotated[str | None, Query(examples=["pt-BR"])] = None,
+                   version: Annotated[int | None, Query(ge=1, description=(
+                       "A version of the dub (default: the latest)."))] = None,
                    ) -> DownloadOut:
     """A signed download URL of the dubbed media, with its size, type and expiry."""
-    return await _download(job_id, language, services, db, who)
+    return await _download(job_id, language, version, services, db, who)
 
 
 @router.get("/{job_id}/result", status_code=status.HTTP_307_TEMPORARY_REDIRECT,
@@ -240,9 +289,10 @@ async def download(job_id: str, services: ServicesDep, db: DbDep, who: Principal
             responses={307: {"description": "Redirect to a signed, expiring download URL."}})
 async def get_result(job_id: str, services: ServicesDep, db: DbDep, who: PrincipalDep,
                      language: Annotated[str | None, Query(examples=["pt-BR"])] = None,
+                     version: Annotated[int | None, Query(ge=1)] = None,
                      ) -> RedirectResponse:
     """The dubbed video (follow the redirect, e.g. ``curl -L``)."""
-    got = await _download(job_id, language, services, db, who)
+    got = await _download(job_id, language, version, services, db, who)
     return RedirectResponse(got.url, status_code=307)
 
 

@@ -1,0 +1,93 @@
+"""Subtitles and scripts: SRT / WebVTT / JSON segments in and out (stdlib only).
+
+Segments are ``{start_ms, end_ms, text, speaker_id}`` dicts, as everywhere in the service.
+Parsing is strict enough to give a readable `InvalidScriptError` for a file that is not
+what it claims to be."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from dubcore.errors import InvalidScriptError
+
+_TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{1,3})")
+_CUE = re.compile(rf"^\s*({_TIME.pattern})\s*-->\s*({_TIME.pattern})")
+_VOICE = re.compile(r"^<v(?:\.[^ >]*)?\s+([^>]+)>")
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _ms(text: str) -> int:
+    m = _TIME.fullmatch(text.strip())
+    if m is None:
+        raise InvalidScriptError(f"{text!r} is not a subtitle time")
+    h, mi, s, frac = m.groups()
+    return ((int(h or 0) * 60 + int(mi)) * 60 + int(s)) * 1000 + int(frac.ljust(3, "0"))
+
+
+def parse(content: str, content_type: str = "") -> list[dict[str, Any]]:
+    """SRT, WebVTT or JSON (a list of segments, or ``{"segments": [...]}``) -> segments."""
+    stripped = content.lstrip("\ufeff").strip()
+    if content_type == "application/json" or stripped.startswith(("[", "{")):
+        return _parse_json(stripped)
+    segments = []
+    for block in re.split(r"\n\s*\n", stripped.replace("\r\n", "\n")):
+        lines = [ln for ln in block.split("\n") if ln.strip()]
+        at = next((i for i, ln in enumerate(lines) if "-->" in ln), None)
+        if at is None:
+            continue  # WEBVTT header, NOTE, STYLE, or an SRT index on its own
+        m = _CUE.match(lines[at])
+        if m is None:
+            raise InvalidScriptError(f"unreadable cue timing: {lines[at]!r}")
+        start, end = _ms(m.group(1)), _ms(m.group(6))
+        text = " ".join(lines[at + 1:]).strip()
+        speaker = "SPEAKER_00"
+        voice = _VOICE.match(text)
+        if voice:
+            speaker = voice.group(1).strip()
+        text = _TAG.sub("", text).strip()
+        if text and end > start:
+            segments.append({"start_ms": start, "end_ms": end, "text": text,
+                             "speaker_id": speaker})
+    if not segments:
+        raise InvalidScriptError("the transcript has no cues (expected SRT, WebVTT or JSON)")
+    return sorted(segments, key=lambda s: s["start_ms"])
+
+
+def _parse_json(content: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise InvalidScriptError(f"the transcript is not valid JSON: {e}") from e
+    items = data.get("segments") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise InvalidScriptError("a JSON transcript is a non-empty list of segments")
+    out: list[dict[str, Any]] = []
+    for i, s in enumerate(items):
+        try:
+            start, end, text = int(s["start_ms"]), int(s["end_ms"]), str(s["text"]).strip()
+            speaker = str(s.get("speaker_id", "SPEAKER_00"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InvalidScriptError(f"segment {i}: needs start_ms, end_ms and text") from e
+        if text and end > start:
+            out.append({"start_ms": start, "end_ms": end, "text": text, "speaker_id": speaker})
+    return sorted(out, key=lambda s: s["start_ms"])
+
+
+def _stamp(ms: int, sep: str) -> str:
+    h, rest = divmod(max(0, ms), 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, frac = divmod(rest, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{frac:03d}"
+
+
+def to_srt(segments: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{i}\n{_stamp(s['start_ms'], ',')} --> {_stamp(s['end_ms'], ',')}\n"
+                     f"{s['text']}\n" for i, s in enumerate(segments, 1))
+
+
+def to_vtt(segments: list[dict[str, Any]]) -> str:
+    cues = [f"{_stamp(s['start_ms'], '.')} --> {_stamp(s['end_ms'], '.')}\n"
+            f"<v {s['speaker_id']}>{s['text']}\n" for s in segments]
+    return "WEBVTT\n\n" + "\n".join(cues)

@@ -10,7 +10,7 @@ from api import errors
 from api.auth import RateLimiter
 from api.deps import Services
 from api.idempotency import IdempotencyMiddleware
-from api.routes import admin, discovery, dubbing, files, jobs, review
+from api.routes import admin, discovery, dubbing, exports, files, jobs, review
 from dubcore.db import make_engine, make_sessionmaker
 from dubcore.settings import Settings, get_settings
 from dubcore.storage import make_store
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   limiter=RateLimiter())
     errors.install(app)
     app.add_middleware(IdempotencyMiddleware)
-    for module in (dubbing, jobs, review, discovery, files, admin):
+    for module in (dubbing, jobs, review, exports, discovery, files, admin):
         app.include_router(module.router)
 
     @app.get("/docs", include_in_schema=False)

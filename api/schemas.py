@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from dubcore.contracts import MixingMode
+from dubcore.contracts import ExportFormat, MixingMode
 
 _BCP47 = re.compile(r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})*$")
 
@@ -114,6 +114,13 @@ class StartJob(BaseModel):
     name: str = Field("", max_length=200)
     max_speedup: float = Field(1.25, ge=1.0, le=2.0, description=(
         "Upper bound on how much faster than natural a dubbed line may be spoken."))
+    transcript_upload_id: str | None = Field(None, description=(
+        "An uploaded source transcript (SRT, WebVTT or JSON segments) used instead of speech "
+        "recognition; needs an explicit source_language. Lines without a speaker (an SRT, "
+        "or WebVTT without <v> tags) get the diarized speaker."))
+    output_kind: Literal["complete_media", "chunks"] = Field("complete_media", description=(
+        "complete_media: the dubbed media; chunks: also list one audio file per segment "
+        "(GET /v1/jobs/{id}/chunks). Chunks are available either way."))
     target_script_upload_id: str | None = Field(None, description=(
         "An uploaded target script (JSON segments) used instead of machine translation; "
         "single target language only."))
@@ -146,6 +153,12 @@ class StartJob(BaseModel):
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("callback_url must be an http(s) URL")
         return v
+
+    @model_validator(mode="after")
+    def _transcript_needs_language(self) -> StartJob:
+        if self.transcript_upload_id and self.source_language == "auto":
+            raise ValueError("a source transcript needs an explicit source_language")
+        return self
 
     @model_validator(mode="after")
     def _languages(self) -> StartJob:
@@ -237,6 +250,28 @@ class JobOut(BaseModel):
     temporal_ui_url: str | None = None
     created_at: str
     balance_minutes: int | None = Field(None, description="After this job's reservation.")
+
+
+class ChunkOut(BaseModel):
+    index: int
+    start_ms: int = Field(description="The source segment's window.")
+    end_ms: int
+    placed_start_ms: int = Field(description="Where the dubbed line plays in the result.")
+    placed_end_ms: int
+    text: str
+    speaker_id: str
+    voice_key: str
+    url: str
+    size_bytes: int
+    content_type: str = "audio/wav"
+
+
+class ChunksOut(BaseModel):
+    job_id: str
+    language: str
+    version: int
+    expires_at: int
+    chunks: list[ChunkOut]
 
 
 class JobSummary(BaseModel):
@@ -410,3 +445,46 @@ class ApproveIn(BaseModel):
     """Approve the translated script of a job paused for review, as is or edited."""
 
     segments: list[SegmentEdit] = Field(default_factory=list, max_length=5000)
+
+
+# ---- exports ----------------------------------------------------------------------------
+
+
+class ExportIn(BaseModel):
+    """Export a finished version in another format, as a tracked task."""
+
+    language: str = Field(examples=["pt-BR"])
+    format: ExportFormat = Field(description=(
+        "mp4 (the dubbed video), wav / mp3 / flac (the mixed audio alone), dub_stem (the "
+        "dubbed voices alone), background_stem (music and effects), srt / vtt (subtitles), "
+        "json (the script with speakers)."))
+    script: Literal["target", "source"] = Field("target", description=(
+        "For srt / vtt / json: the dubbed script or the source transcript."))
+    version: int | None = Field(None, ge=1, description="Default: the latest.")
+    callback_url: str | None = Field(None, max_length=2000, description=(
+        "Receives the signed export.completed / export.failed webhook."))
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"language": "pt-BR", "format": "mp3"}, {"language": "pt-BR", "format": "srt"}]}}
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("callback_url must be an http(s) URL")
+        return v
+
+
+class ExportOut(BaseModel):
+    export_id: str
+    job_id: str
+    language: str
+    version: int
+    format: str
+    script: str
+    status: str = Field(examples=["running"], description="running, completed or failed.")
+    created_at: str
+    error: str | None = None
+    download: Download | None = Field(None, description="When completed.")
+    file_name: str | None = None
+    workflow_id: str

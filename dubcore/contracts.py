@@ -108,6 +108,8 @@ class JobRequest:
     """0 = detect automatically."""
     target_script_keys: dict[str, str] = field(default_factory=dict)
     """Target language -> a bring-your-own script (JSON segments) used instead of MT."""
+    transcript_key: str | None = None
+    """The user's source transcript, used instead of speech recognition."""
     lipsync: bool = False
     notes: str = ""
     timing: TimingPolicy = field(default_factory=TimingPolicy)
@@ -219,6 +221,9 @@ class TranscribeInput:
     turns_key: str
     prefix: str
     language: str = "auto"
+    user_transcript_key: str | None = None
+    """The user's transcript (SRT / WebVTT / JSON), used instead of speech recognition;
+    lines without a speaker get the diarized speaker at their midpoint."""
 
 
 @dataclass
@@ -474,6 +479,8 @@ class JobProgress:
     review_closes_at: str | None = None
     transcript_key: str | None = None
     """The source transcript (segments), once transcribed."""
+    background_key: str | None = None
+    """Music and effects without the voices (shared by every language), once separated."""
 
 
 def check_revision(progress: JobProgress, req: RevisionRequest) -> Version:

@@ -213,6 +213,13 @@ class Export(Base):
     state: Mapped[str] = mapped_column(String(20))
     workflow_id: Mapped[str] = mapped_column(String(120))
     created_at: Mapped[datetime] = _ts(default=utcnow)
+    script: Mapped[str] = mapped_column(String(10), default="target",
+                                        server_default="target")
+    object_key: Mapped[str | None] = mapped_column(String(512), default=None)
+    content_type: Mapped[str | None] = mapped_column(String(100), default=None)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    file_name: Mapped[str | None] = mapped_column(String(255), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 def database_url(settings: Settings) -> str:

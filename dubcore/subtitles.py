@@ -12,6 +12,9 @@ from typing import Any
 
 from dubcore.errors import InvalidScriptError
 
+NO_SPEAKER = "SPEAKER_00"
+"""What a cue without a speaker (no WebVTT voice tag) is attributed to."""
+
 _TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{1,3})")
 _CUE = re.compile(rf"^\s*({_TIME.pattern})\s*-->\s*({_TIME.pattern})")
 _VOICE = re.compile(r"^<v(?:\.[^ >]*)?\s+([^>]+)>")
@@ -42,7 +45,7 @@ def parse(content: str, content_type: str = "") -> list[dict[str, Any]]:
             raise InvalidScriptError(f"unreadable cue timing: {lines[at]!r}")
         start, end = _ms(m.group(1)), _ms(m.group(6))
         text = " ".join(lines[at + 1:]).strip()
-        speaker = "SPEAKER_00"
+        speaker = NO_SPEAKER
         voice = _VOICE.match(text)
         if voice:
             speaker = voice.group(1).strip()
@@ -67,7 +70,7 @@ def _parse_json(content: str) -> list[dict[str, Any]]:
     for i, s in enumerate(items):
         try:
             start, end, text = int(s["start_ms"]), int(s["end_ms"]), str(s["text"]).strip()
-            speaker = str(s.get("speaker_id", "SPEAKER_00"))
+            speaker = str(s.get("speaker_id", NO_SPEAKER))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InvalidScriptError(f"segment {i}: needs start_ms, end_ms and text") from e
         if text and end > start:

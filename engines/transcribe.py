@@ -120,7 +120,7 @@ class FasterWhisperTranscriber:
         return info.language, float(info.language_probability), words
 
 
-def _speaker_at(turns: list[Turn], ms: int) -> str:
+def speaker_at(turns: list[Turn], ms: int) -> str:
     best, best_dist = turns[0].speaker_id, float("inf")
     for t in turns:
         if t.start_ms <= ms <= t.end_ms:
@@ -138,7 +138,7 @@ def segment_words(words: list[Word], turns: list[Turn]) -> list[Segment]:
         return []
     segments: list[Segment] = []
     for w in words:
-        speaker = _speaker_at(turns, (w.start_ms + w.end_ms) // 2) if turns else "S1"
+        speaker = speaker_at(turns, (w.start_ms + w.end_ms) // 2) if turns else "S1"
         cur = segments[-1] if segments else None
         if cur is not None and cur.speaker_id == speaker:
             gap = w.start_ms - cur.end_ms

@@ -237,12 +237,14 @@ class DubbingJobWorkflow:
                               SeparateInput(req.job_id, probe.audio_key, p), SeparateResult,
                               duration_s)
         speech_key = sep.speech_key or probe.speech_audio_key
+        pr.background_key = sep.background_key
         turns = await run_stage(pr, req.task_queues, Stage.DIARIZE,
                                 DiarizeInput(req.job_id, speech_key, p, req.num_speakers),
                                 DiarizeResult, duration_s)
         transcript = await run_stage(
             pr, req.task_queues, Stage.TRANSCRIBE,
-            TranscribeInput(req.job_id, speech_key, turns.turns_key, p, req.source_language),
+            TranscribeInput(req.job_id, speech_key, turns.turns_key, p, req.source_language,
+                            req.transcript_key),
             TranscribeResult, duration_s)
         pr.source_language, pr.transcript_key = transcript.language, transcript.transcript_key
         pr.stage = None

@@ -186,6 +186,12 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
         if script.kind != "target_script" or not store.exists(script.object_key):
             raise BadInputError(f"upload {script.id} is not an uploaded target script")
         script_keys[body.target_languages[0]] = script.object_key
+    transcript_key = None
+    if body.transcript_upload_id:
+        transcript = _upload(db, who, body.transcript_upload_id)
+        if transcript.kind != "transcript" or not store.exists(transcript.object_key):
+            raise BadInputError(f"upload {transcript.id} is not an uploaded transcript")
+        transcript_key = transcript.object_key
     for lang in body.target_languages:
         check_job_languages(body.source_language, lang, has_target_script=lang in script_keys)
         voices = {v["voice_key"] for v in voice_catalog(lang, settings.tts_engine)}
@@ -215,6 +221,7 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
         job_id=job.id, source_key=job.source_key, target_languages=body.target_languages,
         source_language=body.source_language, mixing_mode=body.mixing_mode,
         num_speakers=body.num_speakers, target_script_keys=script_keys,
+        transcript_key=transcript_key,
         lipsync=body.lipsync, notes=body.notes,
         timing=TimingPolicy(max_speedup=body.max_speedup),
         task_queues=settings.task_queues(), tenant=who.tenant_id,

@@ -343,6 +343,12 @@ async def delete_job(job_id: str, services: ServicesDep, db: DbDep,
         out = await job_out(job, services)
         if out.status not in _TERMINAL:
             raise ConflictError(f"job {job_id} is {out.status}; cancel it before deleting")
+    if job.workflow_id:  # a finished job may still be open for review: close it
+        try:
+            await (await services.temporal()).get_workflow_handle(job.workflow_id).cancel()
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND:
+                raise
     store = services.store
     count = store.delete_prefix(f"jobs/{job_id}/")
     upload_prefix = job.source_key.rsplit("/", 1)[0] + "/" if job.source_key else ""

@@ -26,6 +26,8 @@ from api.deps import DbDep, Services, ServicesDep
 from api.routes.jobs import download_of, load_job, timings_out
 from api.schemas import (
     ApproveIn,
+    ChunkOut,
+    ChunksOut,
     ErrorBody,
     JobError,
     RevisionCheck,
@@ -136,6 +138,31 @@ async def get_speakers(job_id: str, language: str, services: ServicesDep, db: Db
                        speakers=[SpeakerOut(speaker_id=r["speaker_id"],
                                             voice_key=r["voice_key"], style=r["style"])
                                  for r in rows])
+
+
+@router.get("/chunks", response_model=ChunksOut)
+async def get_chunks(job_id: str, language: str, services: ServicesDep, db: DbDep,
+                     who: PrincipalDep, version: VersionQuery = None) -> ChunksOut:
+    """One audio file per segment of a version (output kind ``chunks``): each dubbed line
+    as synthesized and fitted, with where it plays, as signed URLs."""
+    pr = await _progress(services, load_job(db, who, job_id))
+    v = _version(pr, language, version or None)
+    store, expiry = services.store, services.settings.url_expiry_s
+    chunks, expires_at = [], 0
+    for f in get_json(store, v.fits_key):
+        key = f.get("clip_key")
+        if not key:
+            raise ConflictError(f"version {v.version} of {language} was made before chunks "
+                                "were kept; make a revision to get them")
+        url = store.presign_get(key, expiry, filename=f"{job_id}.{language}.{f['index']}.wav")
+        expires_at = url.expires_at
+        chunks.append(ChunkOut(
+            index=f["index"], start_ms=f["start_ms"], end_ms=f["end_ms"],
+            placed_start_ms=f["placed_start_ms"], placed_end_ms=f["placed_end_ms"],
+            text=f["text"], speaker_id=f["speaker_id"], voice_key=f["voice_key"],
+            url=url.url, size_bytes=store.size(key)))
+    return ChunksOut(job_id=job_id, language=language, version=v.version,
+                     expires_at=expires_at, chunks=chunks)
 
 
 @router.get("/versions", response_model=VersionsOut)

@@ -1,0 +1,259 @@
+"""Every flow of the five services in ../shared/seeds/, performed against our API over HTTP
+with our names, on the real stack (dev server, API, worker, offline engines).
+
+- voicechangerapi: upload slot by query -> PUT -> start with notes -> poll -> result;
+- dubformer: project details with scripts and speakers, validate and re-translate with a new
+  script, speakers and mixing mode, list, options, voices, balance, delete;
+- camb: a finished dub exported in other formats, each a task with a download URL;
+- subclip: JSON upload slots for the source and an SRT transcript, a job from the upload
+  key with the transcript, chunks output, JSON download with expiry, voices per language;
+- lipdub: upload a video and an audio track, generate, follow, download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.testing import WorkflowEnvironment
+
+from engines import media
+from stack.client import DubClient
+from tests.stack import Stack, running_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
+
+SRT = """1
+00:00:00,430 --> 00:00:01,950
+Welcome back to the workshop.
+
+2
+00:00:02,370 --> 00:00:04,410
+Today we are building a small wooden bookshelf.
+
+3
+00:00:05,150 --> 00:00:09,170
+Thanks for having me. I brought the tools and some fresh pine boards.
+
+4
+00:00:09,860 --> 00:00:14,200
+Great, first we measure each board twice and then we cut it once.
+
+5
+00:00:14,790 --> 00:00:19,070
+And remember to wear your safety glasses before you start the saw.
+"""
+
+
+@dataclass
+class Finished:
+    stack: Stack
+    job_id: str
+    http: httpx.Client
+
+
+def _ok(resp: httpx.Response, status: int = 200) -> Any:
+    assert resp.status_code == status, resp.text
+    return resp.json()
+
+
+async def _poll(http: httpx.Client, path: str, done: set[str], timeout_s: float = 600
+                ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = _ok(await asyncio.to_thread(http.get, path))
+        if got["status"] in done:
+            return got
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.5)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def finished(dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory,
+                   sample_video: Path) -> AsyncIterator[Finished]:
+    """The voicechangerapi flow, kept for the flows that start from a finished dub."""
+    data = tmp_path_factory.mktemp("seeds")
+    async with running_stack(dev_env.client, data / "data") as stack:
+        with httpx.Client(base_url=stack.api_url,
+                          headers={"X-API-Key": stack.api_key}, timeout=60) as http:
+            # 1. Request a dubbing slot: presigned PUT and a waiting_upload job.
+            size = sample_video.stat().st_size
+            slot = _ok(await asyncio.to_thread(
+                http.post, "/v1/dubbing/uploads",
+                params={"content_type": "video/mp4", "content_length": size}), 201)
+            assert slot["status"] == "waiting_upload" and slot["job_id"]
+            # 2. PUT the master with the exact Content-Type that was signed.
+            put = await asyncio.to_thread(httpx.put, slot["upload"]["url"],
+                                          headers=slot["upload"]["headers"],
+                                          content=sample_video.read_bytes())
+            assert put.status_code in (200, 201, 204), put.text
+            # 3. Start with language tags and notes.
+            started = _ok(await asyncio.to_thread(
+                http.post, f"/v1/dubbing/jobs/{slot['job_id']}/start",
+                json={"source_language": "en", "target_language": "pt-BR",
+                      "notes": "episode 12, TMS ticket LOC-88"}), 202)
+            assert started["cost_minutes"] == 1
+            # 4. Poll, then fetch the binary result.
+            job = await _poll(http, f"/v1/jobs/{slot['job_id']}", {"completed", "failed"})
+            assert job["status"] == "completed", job
+            result = await asyncio.to_thread(http.get, f"/v1/jobs/{slot['job_id']}/result",
+                                             follow_redirects=True)
+            assert result.status_code == 200
+            assert result.headers["content-type"].startswith("video/mp4")
+            assert len(result.content) > 100_000
+            yield Finished(stack, slot["job_id"], http)
+
+
+async def test_voicechangerapi_upload_start_poll_result(finished: Finished) -> None:
+    job = _ok(await asyncio.to_thread(finished.http.get, f"/v1/jobs/{finished.job_id}"))
+    assert job["status"] == "completed" and job["progress_percent"] == 100
+    listed = _ok(await asyncio.to_thread(finished.http.get, "/v1/jobs"))
+    assert finished.job_id in [j["job_id"] for j in listed["jobs"]]
+
+
+async def test_camb_exports_in_other_formats(finished: Finished, tmp_path: Path) -> None:
+    http, job_id = finished.http, finished.job_id
+    made: dict[str, dict[str, Any]] = {}
+    for fmt, script in [("mp3", "target"), ("wav", "target"), ("flac", "target"),
+                        ("dub_stem", "target"), ("background_stem", "target"),
+                        ("srt", "target"), ("vtt", "source"), ("json", "target")]:
+        task = _ok(await asyncio.to_thread(
+            http.post, f"/v1/jobs/{job_id}/exports",
+            json={"language": "pt-BR", "format": fmt, "script": script}), 202)
+        assert task["status"] in ("running", "completed") and task["version"] == 1
+        made[f"{fmt}-{script}"] = task
+    for name, task in made.items():
+        done = await _poll(http, f"/v1/exports/{task['export_id']}", {"completed", "failed"})
+        assert done["status"] == "completed", done
+        body = (await asyncio.to_thread(httpx.get, done["download"]["url"])).content
+        assert len(body) == done["download"]["size_bytes"] > 0
+        made[name] = {**done, "body": body}
+    (tmp_path / "a.mp3").write_bytes(made["mp3-target"]["body"])
+    (tmp_path / "a.flac").write_bytes(made["flac-target"]["body"])
+    for name in ("a.mp3", "a.flac"):
+        info = media.probe(tmp_path / name)
+        assert not info.has_video and 19_000 < info.duration_ms < 21_500
+    assert made["wav-target"]["body"][:4] == b"RIFF"
+    assert made["srt-target"]["body"].startswith(b"1\n00:00:00,430 --> ")
+    assert made["vtt-source"]["body"].startswith(b"WEBVTT") and \
+        b"Welcome back" in made["vtt-source"]["body"]
+    assert made["json-target"]["download"]["content_type"] == "application/json"
+    # Asking again for an export that exists returns it: no second task.
+    again = _ok(await asyncio.to_thread(http.post, f"/v1/jobs/{job_id}/exports",
+                                        json={"language": "pt-BR", "format": "mp3"}), 202)
+    assert again["export_id"] == made["mp3-target"]["export_id"]
+    assert again["status"] == "completed" and again["download"]["url"]
+    listed = _ok(await asyncio.to_thread(http.get, f"/v1/jobs/{job_id}/exports"))
+    assert len(listed) == 8
+
+
+async def test_dubformer_details_retranslate_validate_list_delete(finished: Finished) -> None:
+    http, job_id = finished.http, finished.job_id
+    base = f"/v1/jobs/{job_id}/languages/pt-BR"
+    # Project details: status, output URL, source and target scripts, speakers.
+    job = _ok(await asyncio.to_thread(http.get, f"/v1/jobs/{job_id}"))
+    assert job["languages"][0]["result"]["download"]["url"]
+    source = _ok(await asyncio.to_thread(http.get, f"{base}/script", params={"kind": "source"}))
+    target = _ok(await asyncio.to_thread(http.get, f"{base}/script"))
+    speakers = _ok(await asyncio.to_thread(http.get, f"{base}/speakers"))["speakers"]
+    assert len(source["segments"]) == len(target["segments"]) >= 4
+    assert set(target["segments"][0]) == {"index", "start_ms", "end_ms", "text", "speaker_id"}
+    assert set(speakers[0]) == {"speaker_id", "voice_key", "style"}
+    # Options, voices, balance.
+    options = _ok(await asyncio.to_thread(http.get, "/v1/options"))
+    assert "pt-BR" in options["target_languages"] or "pt" in options["target_languages"]
+    voices = _ok(await asyncio.to_thread(http.get, "/v1/voices",
+                                         params={"language": "pt-BR"}))["voices"]
+    pt_voices = next(iter(voices.values()))
+    other = next(v["voice_key"] for v in pt_voices
+                 if v["voice_key"] != speakers[0]["voice_key"])
+    assert _ok(await asyncio.to_thread(http.get, "/v1/balance")) == {"balance_minutes": 59}
+    # Validate a re-translation: an unknown voice is refused, a good one is valid.
+    edit = {"segments": [{"index": target["segments"][-1]["index"],
+                          "text": "E não esqueça os óculos."}],
+            "speakers": [{"speaker_id": speakers[0]["speaker_id"], "voice_key": other}],
+            "mixing_mode": "voiceover_with_original_track"}
+    bad = await asyncio.to_thread(http.post, f"{base}/revisions/validate", json={
+        **edit, "speakers": [{"speaker_id": speakers[0]["speaker_id"],
+                              "voice_key": "unknown-voice"}]})
+    assert bad.status_code == 422 and set(bad.json()) == {"error", "message"}
+    assert "unknown-voice" in bad.json()["message"]
+    assert _ok(await asyncio.to_thread(http.post, f"{base}/revisions/validate",
+                                       json=edit))["valid"] is True
+    # Re-translate: a new version with the new script, voice and mixing mode; not charged.
+    v2 = _ok(await asyncio.to_thread(http.post, f"{base}/revisions", json=edit), 202)
+    assert v2["version"] == 2
+    deadline = time.monotonic() + 300
+    while (v2 := _ok(await asyncio.to_thread(http.get, f"{base}/versions"))["versions"][-1])[
+            "status"] == "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.5)
+    assert v2["status"] == "completed" and v2["mixing_mode"] == "voiceover_with_original_track"
+    assert v2["changed_speakers"] == [speakers[0]["speaker_id"]]
+    assert _ok(await asyncio.to_thread(http.get, f"{base}/speakers"))["speakers"][0][
+        "voice_key"] == other
+    assert _ok(await asyncio.to_thread(http.get, "/v1/balance")) == {"balance_minutes": 59}
+    # Delete the project and all its artifacts.
+    gone = _ok(await asyncio.to_thread(http.delete, f"/v1/jobs/{job_id}"))
+    assert gone["deleted"] and gone["objects_deleted"] > 10
+    assert (await asyncio.to_thread(http.get, f"/v1/jobs/{job_id}")).status_code == 404
+
+
+async def test_subclip_transcript_upload_chunks_and_download(
+        dev_env: WorkflowEnvironment, tmp_path: Path, sample_video: Path) -> None:
+    async with running_stack(dev_env.client, tmp_path / "data") as stack:
+        with DubClient(stack.api_url, stack.api_key) as api:
+            http = api._http
+            # Upload URLs for the SRT transcript and for the source.
+            srt_slot = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/uploads", json={
+                "kind": "transcript", "file_name": "source.srt",
+                "content_type": "application/x-subrip", "size_bytes": len(SRT.encode())}),
+                201)
+            put = await asyncio.to_thread(httpx.put, srt_slot["upload"]["url"],
+                                          headers=srt_slot["upload"]["headers"],
+                                          content=SRT.encode())
+            assert put.status_code < 300
+            src_slot = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/uploads", json={
+                "kind": "source", "file_name": "source.mp4", "content_type": "video/mp4",
+                "size_bytes": sample_video.stat().st_size}), 201)
+            put = await asyncio.to_thread(httpx.put, src_slot["upload"]["url"],
+                                          headers=src_slot["upload"]["headers"],
+                                          content=sample_video.read_bytes())
+            assert put.status_code < 300
+            # Start from the upload, with the transcript, chunks output.
+            job = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/jobs", json={
+                "source_upload_id": src_slot["upload_id"], "source_language": "en",
+                "target_language": "pt-BR", "transcript_upload_id": srt_slot["upload_id"],
+                "output_kind": "chunks"}), 202)
+            job_id = job["job_id"]
+            done = await _poll(http, f"/v1/jobs/{job_id}", {"completed", "failed"})
+            assert done["status"] == "completed", done
+            download = _ok(await asyncio.to_thread(http.get, f"/v1/jobs/{job_id}/download"))
+            assert download["content_type"] == "video/mp4" and download["expires_in"] > 0
+            got = await asyncio.to_thread(httpx.get, download["url"])
+            assert len(got.content) == download["size_bytes"]
+            chunks = _ok(await asyncio.to_thread(
+                http.get, f"/v1/jobs/{job_id}/languages/pt-BR/chunks"))["chunks"]
+            source = _ok(await asyncio.to_thread(
+                http.get, f"/v1/jobs/{job_id}/languages/pt-BR/script",
+                params={"kind": "source"}))["segments"]
+            voices = _ok(await asyncio.to_thread(http.get, "/v1/voices",
+                                                 params={"language": "pt-BR"}))
+            wavs = [await asyncio.to_thread(httpx.get, c["url"]) for c in chunks]
+    # The user's transcript was used (its wording, its times), not speech recognition's.
+    assert [s["text"] for s in source][2] == (
+        "Thanks for having me. I brought the tools and some fresh pine boards.")
+    assert [(s["start_ms"], s["end_ms"]) for s in source][:2] == [(430, 1950), (2370, 4410)]
+    assert len({s["speaker_id"] for s in source}) == 2  # diarized speakers filled in
+    assert len(chunks) == 5
+    for c, wav in zip(chunks, wavs, strict=True):
+        assert wav.content[:4] == b"RIFF" and len(wav.content) == c["size_bytes"]
+        assert c["placed_end_ms"] > c["placed_start_ms"] >= c["start_ms"]
+    assert voices["voices"]

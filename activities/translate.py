@@ -10,7 +10,14 @@ from activities._base import StageActivities, heartbeat, stage_activity
 from dubcore.contracts import TranslateInput, TranslateResult
 from dubcore.languages import primary
 from dubcore.storage import get_json, put_json
-from engines.translate import BergamotTranslator, Translator, script_from_user
+from dubcore.subtitles import parse_glossary
+from engines.translate import (
+    BergamotTranslator,
+    Translator,
+    mask_terms,
+    script_from_user,
+    unmask_terms,
+)
 
 
 class TranslateActivities(StageActivities):
@@ -30,8 +37,14 @@ class TranslateActivities(StageActivities):
             script = [_target(s, s["text"]) for s in source]
             engine = "identity"
         else:
-            texts = self.engine.translate([s["text"] for s in source], inp.source_language,
-                                          inp.target_language, heartbeat)
+            texts = [s["text"] for s in source]
+            tokens: dict[str, str] = {}
+            if inp.glossary_key:
+                with self._store.local_path(inp.glossary_key) as path:
+                    terms = parse_glossary(path.read_text(encoding="utf-8", errors="replace"))
+                texts, tokens = mask_terms(texts, terms)
+            texts = unmask_terms(self.engine.translate(texts, inp.source_language,
+                                                       inp.target_language, heartbeat), tokens)
             script = [_target(s, t) for s, t in zip(source, texts, strict=True)]
             engine = self.engine.name
         put_json(self._store, key, script)

@@ -19,8 +19,9 @@ UPLOAD_TYPES: dict[str, tuple[str, ...]] = {
     "transcript": ("application/x-subrip", "text/vtt", "application/json", "text/plain"),
     "target_script": ("application/json", "application/x-subrip", "text/vtt", "text/plain"),
     "glossary": ("text/tab-separated-values", "text/plain"),
+    "dub_audio": ("audio/wav", "audio/x-wav", "audio/mpeg", "audio/mp4", "audio/flac"),
 }
-UploadKind = Literal["source", "transcript", "target_script", "glossary"]
+UploadKind = Literal["source", "transcript", "target_script", "glossary", "dub_audio"]
 
 
 def _tag(v: str) -> str:
@@ -37,7 +38,7 @@ class ErrorBody(BaseModel):
 class UploadRequest(BaseModel):
     kind: UploadKind = Field("source", description=(
         "source media, or a side file: transcript (SRT/VTT/JSON), target_script, glossary "
-        "(TSV)."))
+        "(TSV), dub_audio (your own dubbed track, to lay and lip-sync over the source)."))
     file_name: str = Field("", max_length=255, examples=["episode-01.mp4"])
     content_type: str = Field(examples=["video/mp4"])
     size_bytes: int = Field(gt=0, examples=[104857600], description="Declared size; enforced.")
@@ -118,6 +119,13 @@ class StartJob(BaseModel):
         "An uploaded source transcript (SRT, WebVTT or JSON segments) used instead of speech "
         "recognition; needs an explicit source_language. Lines without a speaker (an SRT, "
         "or WebVTT without <v> tags) get the diarized speaker."))
+    glossary_upload_id: str | None = Field(None, description=(
+        "An uploaded glossary (TSV: source term, TAB, target term): its terms are "
+        "translated as given."))
+    dub_audio_upload_id: str | None = Field(None, description=(
+        "Your own dubbed audio track (an uploaded dub_audio) for the single target "
+        "language: no transcription, translation or synthesis; the track is laid over the "
+        "source's video and lip-synced when lipsync is on."))
     output_kind: Literal["complete_media", "chunks"] = Field("complete_media", description=(
         "complete_media: the dubbed media; chunks: also list one audio file per segment "
         "(GET /v1/jobs/{id}/chunks). Chunks are available either way."))
@@ -153,6 +161,13 @@ class StartJob(BaseModel):
         if v is not None and not re.match(r"^https?://[^\s/]+", v):
             raise ValueError("callback_url must be an http(s) URL")
         return v
+
+    @model_validator(mode="after")
+    def _dub_audio_alone(self) -> StartJob:
+        if self.dub_audio_upload_id and (self.transcript_upload_id
+                                         or self.target_script_upload_id):
+            raise ValueError("a dub_audio track replaces transcripts and scripts: give one")
+        return self
 
     @model_validator(mode="after")
     def _transcript_needs_language(self) -> StartJob:

@@ -110,6 +110,9 @@ class JobRequest:
     """Target language -> a bring-your-own script (JSON segments) used instead of MT."""
     transcript_key: str | None = None
     """The user's source transcript, used instead of speech recognition."""
+    dub_audio_key: str | None = None
+    """The user's own dubbed track: only probe, lip-sync and mix run."""
+    glossary_key: str | None = None
     lipsync: bool = False
     notes: str = ""
     timing: TimingPolicy = field(default_factory=TimingPolicy)
@@ -149,6 +152,8 @@ class DubbingRequest:
     tenant: str = "default"
     voices: dict[str, str] = field(default_factory=dict)
     pause_for_review: bool = False
+    dub_audio_key: str | None = None
+    glossary_key: str | None = None
 
     @property
     def prefix(self) -> str:
@@ -243,6 +248,8 @@ class TranslateInput:
     target_language: str
     prefix: str
     target_script_key: str | None = None
+    glossary_key: str | None = None
+    """A TSV glossary: its source terms are translated as its target terms."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Subtitles and scripts: SRT / WebVTT / JSON segments in and out (stdlib only).
+"""Subtitles and scripts: SRT / WebVTT / JSON segments in and out, and TSV glossaries
+(stdlib only).
 
 Segments are ``{start_ms, end_ms, text, speaker_id}`` dicts, as everywhere in the service.
 Parsing is strict enough to give a readable `InvalidScriptError` for a file that is not
@@ -94,3 +95,21 @@ def to_vtt(segments: list[dict[str, Any]]) -> str:
     cues = [f"{_stamp(s['start_ms'], '.')} --> {_stamp(s['end_ms'], '.')}\n"
             f"<v {s['speaker_id']}>{s['text']}\n" for s in segments]
     return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def parse_glossary(content: str) -> list[tuple[str, str]]:
+    """A TSV glossary: ``source term<TAB>target term`` per line (a header line naming the
+    columns, blank lines and ``#`` comments are skipped)."""
+    terms: list[tuple[str, str]] = []
+    for n, line in enumerate(content.lstrip("\ufeff").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = [c.strip() for c in line.split("\t")]
+        if len(cols) < 2 or not cols[0] or not cols[1]:
+            raise InvalidScriptError(f"glossary line {n}: expected 'source<TAB>target'")
+        if n == 1 and cols[0].lower() in ("source", "term", "source_term"):
+            continue
+        terms.append((cols[0], cols[1]))
+    if not terms:
+        raise InvalidScriptError("the glossary has no terms")
+    return terms

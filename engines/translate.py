@@ -121,3 +121,30 @@ def _overlapping_speaker(start: int, end: int, segments: list[dict[str, Any]]) -
         if overlap > best_overlap:
             best, best_overlap = s["speaker_id"], overlap
     return best
+
+
+# ---- glossary ---------------------------------------------------------------------------
+
+def mask_terms(texts: list[str], terms: list[tuple[str, str]]
+               ) -> tuple[list[str], dict[str, str]]:
+    """Replace each glossary source term (whole words, any case, longest first) by a token
+    the translator passes through unchanged; returns the masked texts and token -> target."""
+    tokens: dict[str, str] = {}
+    out = list(texts)
+    for i, (source, target) in enumerate(sorted(terms, key=lambda t: -len(t[0]))):
+        token = f"XQ{i}Z"
+        pattern = re.compile(rf"(?<!\w){re.escape(source)}(?!\w)", re.IGNORECASE)
+        masked = [pattern.sub(token, t) for t in out]
+        if masked != out:
+            tokens[token] = target
+            out = masked
+    return out, tokens
+
+
+def unmask_terms(texts: list[str], tokens: dict[str, str]) -> list[str]:
+    out = []
+    for text in texts:
+        for token, target in tokens.items():
+            text = text.replace(token, target)
+        out.append(text)
+    return out

@@ -70,6 +70,22 @@ def test_translate_uses_a_supplied_target_script(store: LocalStore, settings: Se
                                                   "text": "Hallo", "speaker_id": "S1"}
 
 
+def test_translate_keeps_glossary_terms(store: LocalStore, settings: Settings) -> None:
+    put_json(store, "p/transcript.json", [
+        {"index": 0, "start_ms": 0, "end_ms": 2000, "speaker_id": "S1",
+         "text": "Today we are building a small wooden bookshelf."},
+        {"index": 1, "start_ms": 2000, "end_ms": 4000, "speaker_id": "S2",
+         "text": "Bring the Pine Board and your safety glasses."}])
+    store.put_bytes("p/glossary.tsv", "source\ttarget\nbookshelf\testante Billy\n"
+                    "pine board\ttábua de pinho\n".encode(), "text/tab-separated-values")
+    acts = TranslateActivities(store, settings)
+    out = ActivityEnvironment().run(acts.translate_script, TranslateInput(
+        "j", "p/transcript.json", "en", "pt-BR", "p", glossary_key="p/glossary.tsv"))
+    texts = [s["text"] for s in get_json(store, out.script_key)]
+    assert "estante Billy" in texts[0] and "tábua de pinho" in texts[1], texts
+    assert not any("XQ" in t for t in texts)
+
+
 def _script(store: LocalStore) -> None:
     import numpy as np
 

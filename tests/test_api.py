@@ -244,3 +244,18 @@ def test_discovery(client: TestClient) -> None:
     opts = client.get("/v1/options").json()
     assert "auto" in opts["source_languages"] and "voiceover_only" in opts["mixing_modes"]
     assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(("url", "status", "words"), [
+    ("http://127.0.0.1:9/video.mp4", 400, "private or reserved"),
+    ("http://169.254.169.254/latest/meta-data", 400, "private or reserved"),
+    ("http://[::1]/x.mp4", 400, "private or reserved"),
+    ("http://10.1.2.3/x.mp4", 400, "private or reserved"),
+    ("ftp://example.com/x.mp4", 400, "http:// or https://"),
+    ("file:///etc/passwd", 400, "http:// or https://"),
+])
+def test_source_urls_to_private_addresses_are_refused(client: TestClient, url: str,
+                                                      status: int, words: str) -> None:
+    resp = client.post("/v1/dubbing/jobs", json={"source_url": url,
+                                                 "target_language": "pt-BR"})
+    assert words in _error(resp, status, "InvalidRequestError")

@@ -13,13 +13,18 @@ with our names, on the real stack (dev server, API, worker, offline engines).
 from __future__ import annotations
 
 import asyncio
+import functools
+import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
@@ -64,7 +69,7 @@ def _ok(resp: httpx.Response, status: int = 200) -> Any:
     return resp.json()
 
 
-async def _poll(http: httpx.Client, path: str, done: set[str], timeout_s: float = 600
+async def _poll(http: httpx.Client, path: str, done: set[str], timeout_s: float = 300
                 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -80,7 +85,9 @@ async def finished(dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPa
                    sample_video: Path) -> AsyncIterator[Finished]:
     """The voicechangerapi flow, kept for the flows that start from a finished dub."""
     data = tmp_path_factory.mktemp("seeds")
-    async with running_stack(dev_env.client, data / "data") as stack:
+    # source_url goes to a server on this machine: allowed here (refused by default).
+    async with running_stack(dev_env.client, data / "data",
+                             allow_private_source_urls=True) as stack:
         with httpx.Client(base_url=stack.api_url,
                           headers={"X-API-Key": stack.api_key}, timeout=60) as http:
             # 1. Request a dubbing slot: presigned PUT and a waiting_upload job.
@@ -116,6 +123,31 @@ async def test_voicechangerapi_upload_start_poll_result(finished: Finished) -> N
     assert job["status"] == "completed" and job["progress_percent"] == 100
     listed = _ok(await asyncio.to_thread(finished.http.get, "/v1/jobs"))
     assert finished.job_id in [j["job_id"] for j in listed["jobs"]]
+
+
+async def test_dubformer_create_project_from_a_url(finished: Finished,
+                                                  sample_video: Path) -> None:
+    http = finished.http
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(sample_video.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{sample_video.name}"
+        created = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/jobs", json={
+            "name": "My project", "source_language": "en", "target_language": "pt-BR",
+            "source_url": url, "mixing_mode": "voiceover_with_original_track"}), 202)
+    finally:
+        server.shutdown()
+    assert created["name"] == "My project" and created["cost_minutes"] == 1
+    assert created["balance_minutes"] == 58 and created["status"] in {"queued", "running"}
+    job = _ok(await asyncio.to_thread(http.get, f"/v1/jobs/{created['job_id']}"))
+    assert job["target_languages"] == ["pt-BR"] and job["duration_ms"] > 19_000
+    # Not needed further: cancelling refunds it.
+    await asyncio.to_thread(http.post, f"/v1/jobs/{created['job_id']}/cancel")
+    done = await _poll(http, f"/v1/jobs/{created['job_id']}",
+                       {"cancelled", "completed", "failed"})
+    assert done["status"] == "cancelled"
+    assert _ok(await asyncio.to_thread(http.get, "/v1/balance")) == {"balance_minutes": 59}
 
 
 async def test_camb_exports_in_other_formats(finished: Finished, tmp_path: Path) -> None:
@@ -207,46 +239,45 @@ async def test_dubformer_details_retranslate_validate_list_delete(finished: Fini
 
 
 async def test_subclip_transcript_upload_chunks_and_download(
-        dev_env: WorkflowEnvironment, tmp_path: Path, sample_video: Path) -> None:
-    async with running_stack(dev_env.client, tmp_path / "data") as stack:
-        with DubClient(stack.api_url, stack.api_key) as api:
-            http = api._http
-            # Upload URLs for the SRT transcript and for the source.
-            srt_slot = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/uploads", json={
-                "kind": "transcript", "file_name": "source.srt",
-                "content_type": "application/x-subrip", "size_bytes": len(SRT.encode())}),
-                201)
-            put = await asyncio.to_thread(httpx.put, srt_slot["upload"]["url"],
-                                          headers=srt_slot["upload"]["headers"],
-                                          content=SRT.encode())
-            assert put.status_code < 300
-            src_slot = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/uploads", json={
-                "kind": "source", "file_name": "source.mp4", "content_type": "video/mp4",
-                "size_bytes": sample_video.stat().st_size}), 201)
-            put = await asyncio.to_thread(httpx.put, src_slot["upload"]["url"],
-                                          headers=src_slot["upload"]["headers"],
-                                          content=sample_video.read_bytes())
-            assert put.status_code < 300
-            # Start from the upload, with the transcript, chunks output.
-            job = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/jobs", json={
-                "source_upload_id": src_slot["upload_id"], "source_language": "en",
-                "target_language": "pt-BR", "transcript_upload_id": srt_slot["upload_id"],
-                "output_kind": "chunks"}), 202)
-            job_id = job["job_id"]
-            done = await _poll(http, f"/v1/jobs/{job_id}", {"completed", "failed"})
-            assert done["status"] == "completed", done
-            download = _ok(await asyncio.to_thread(http.get, f"/v1/jobs/{job_id}/download"))
-            assert download["content_type"] == "video/mp4" and download["expires_in"] > 0
-            got = await asyncio.to_thread(httpx.get, download["url"])
-            assert len(got.content) == download["size_bytes"]
-            chunks = _ok(await asyncio.to_thread(
-                http.get, f"/v1/jobs/{job_id}/languages/pt-BR/chunks"))["chunks"]
-            source = _ok(await asyncio.to_thread(
-                http.get, f"/v1/jobs/{job_id}/languages/pt-BR/script",
-                params={"kind": "source"}))["segments"]
-            voices = _ok(await asyncio.to_thread(http.get, "/v1/voices",
-                                                 params={"language": "pt-BR"}))
-            wavs = [await asyncio.to_thread(httpx.get, c["url"]) for c in chunks]
+        finished: Finished, sample_video: Path) -> None:
+    # One stack per module: a process may run one workflow worker per task queue.
+    http = finished.http
+    # Upload URLs for the SRT transcript and for the source.
+    srt_slot = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/uploads", json={
+        "kind": "transcript", "file_name": "source.srt",
+        "content_type": "application/x-subrip", "size_bytes": len(SRT.encode())}),
+        201)
+    put = await asyncio.to_thread(httpx.put, srt_slot["upload"]["url"],
+                                  headers=srt_slot["upload"]["headers"],
+                                  content=SRT.encode())
+    assert put.status_code < 300
+    src_slot = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/uploads", json={
+        "kind": "source", "file_name": "source.mp4", "content_type": "video/mp4",
+        "size_bytes": sample_video.stat().st_size}), 201)
+    put = await asyncio.to_thread(httpx.put, src_slot["upload"]["url"],
+                                  headers=src_slot["upload"]["headers"],
+                                  content=sample_video.read_bytes())
+    assert put.status_code < 300
+    # Start from the upload, with the transcript, chunks output.
+    job = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/jobs", json={
+        "source_upload_id": src_slot["upload_id"], "source_language": "en",
+        "target_language": "pt-BR", "transcript_upload_id": srt_slot["upload_id"],
+        "output_kind": "chunks"}), 202)
+    job_id = job["job_id"]
+    done = await _poll(http, f"/v1/jobs/{job_id}", {"completed", "failed"})
+    assert done["status"] == "completed", done
+    download = _ok(await asyncio.to_thread(http.get, f"/v1/jobs/{job_id}/download"))
+    assert download["content_type"] == "video/mp4" and download["expires_in"] > 0
+    got = await asyncio.to_thread(httpx.get, download["url"])
+    assert len(got.content) == download["size_bytes"]
+    chunks = _ok(await asyncio.to_thread(
+        http.get, f"/v1/jobs/{job_id}/languages/pt-BR/chunks"))["chunks"]
+    source = _ok(await asyncio.to_thread(
+        http.get, f"/v1/jobs/{job_id}/languages/pt-BR/script",
+        params={"kind": "source"}))["segments"]
+    voices = _ok(await asyncio.to_thread(http.get, "/v1/voices",
+                                         params={"language": "pt-BR"}))
+    wavs = [await asyncio.to_thread(httpx.get, c["url"]) for c in chunks]
     # The user's transcript was used (its wording, its times), not speech recognition's.
     assert [s["text"] for s in source][2] == (
         "Thanks for having me. I brought the tools and some fresh pine boards.")
@@ -257,3 +288,47 @@ async def test_subclip_transcript_upload_chunks_and_download(
         assert wav.content[:4] == b"RIFF" and len(wav.content) == c["size_bytes"]
         assert c["placed_end_ms"] > c["placed_start_ms"] >= c["start_ms"]
     assert voices["voices"]
+
+
+async def test_lipdub_video_plus_audio_generate_and_download(
+        finished: Finished, tmp_path: Path, sample_video: Path) -> None:
+    track = tmp_path / "spanish.wav"
+    subprocess.run(["espeak-ng", "-v", "es", "-w", str(track),
+                    "Hola, bienvenidos de nuevo al taller. Hoy construimos una estantería."],
+                   check=True, capture_output=True)
+    http = finished.http
+    with DubClient(finished.stack.api_url, finished.stack.api_key) as api:
+        slots = {}
+        for kind, path, ctype in (("source", sample_video, "video/mp4"),
+                                  ("dub_audio", track, "audio/wav")):
+            slot = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/uploads", json={
+                "kind": kind, "file_name": path.name, "content_type": ctype,
+                "size_bytes": path.stat().st_size}), 201)
+            put = await asyncio.to_thread(httpx.put, slot["upload"]["url"],
+                                          headers=slot["upload"]["headers"],
+                                          content=path.read_bytes())
+            assert put.status_code < 300
+            slots[kind] = slot
+        job = _ok(await asyncio.to_thread(http.post, "/v1/dubbing/jobs", json={
+            "source_upload_id": slots["source"]["upload_id"],
+            "dub_audio_upload_id": slots["dub_audio"]["upload_id"],
+            "source_language": "en", "target_language": "es", "lipsync": True}), 202)
+        done = await _poll(http, f"/v1/jobs/{job['job_id']}", {"completed", "failed"})
+        assert done["status"] == "completed", done
+        out = await asyncio.to_thread(api.download, job["job_id"], tmp_path / "es.mp4")
+        no_script = await asyncio.to_thread(
+            http.get, f"/v1/jobs/{job['job_id']}/languages/es/script")
+    lang = done["languages"][0]
+    assert [s["stage"] for s in done["stages"]] == ["probe"]  # nothing heard or translated
+    assert [s["stage"] for s in lang["stages"]] == ["probe", "lipsync", "mix"]
+    assert lang["result"]["lipsync"]["skipped"]  # no lip-sync engine on this machine
+    assert no_script.status_code == 409
+    src, dub = media.probe(sample_video), media.probe(out)
+    assert dub.has_video and (dub.width, dub.height) == (src.width, src.height)
+    assert abs(dub.duration_ms - src.duration_ms) <= 0.01 * src.duration_ms
+    # The user's track and nothing else: speech where it speaks, silence after it.
+    heard = media.decode_audio(out, 16_000, 1)[0]
+    spoken = media.probe(track).duration_ms
+    loud = np.sqrt(np.mean(heard[: spoken * 16] ** 2))
+    after = np.sqrt(np.mean(heard[(spoken + 500) * 16:] ** 2))
+    assert loud > 0.02 and after < loud / 100

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dubcore.errors import InvalidScriptError
-from dubcore.subtitles import parse, to_srt, to_vtt
+from dubcore.subtitles import parse, parse_glossary, to_srt, to_vtt
+from engines.translate import mask_terms, unmask_terms
 
 SEGMENTS = [{"start_ms": 430, "end_ms": 1950, "text": "Welcome back.", "speaker_id": "S1"},
             {"start_ms": 3_601_000, "end_ms": 3_602_500, "text": "An hour in.",
@@ -33,3 +34,14 @@ def test_short_vtt_times_and_styling_are_read() -> None:
 def test_what_is_not_a_transcript_is_refused(bad: str) -> None:
     with pytest.raises(InvalidScriptError):
         parse(bad)
+
+
+def test_glossary_terms_are_masked_whole_words_longest_first() -> None:
+    terms = parse_glossary("source\ttarget\n# comment\n\nsaw\tserrote\n"
+                           "table saw\tserra de bancada\n")
+    masked, tokens = mask_terms(["Use the Table Saw, not the saw.", "sawdust"], terms)
+    assert masked[1] == "sawdust" and "Table" not in masked[0]
+    assert unmask_terms(masked, tokens) == ["Use the serra de bancada, not the serrote.",
+                                            "sawdust"]
+    with pytest.raises(InvalidScriptError, match="line 2"):
+        parse_glossary("a\tb\nno tab here\n")

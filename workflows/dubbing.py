@@ -28,8 +28,11 @@ with workflow.unsafe.imports_passed_through():
         JobStatus,
         LipSyncInput,
         LipSyncResult,
+        MixingMode,
         MixInput,
         MixResult,
+        ProbeInput,
+        ProbeResult,
         SettleInput,
         SettleResult,
         Stage,
@@ -120,12 +123,14 @@ class DubbingWorkflow:
         return result
 
     async def _pipeline(self, req: DubbingRequest) -> DubbingResult:
+        if req.dub_audio_key:
+            return await self._own_track(req)
         p, shared = req.prefix, req.shared
         script = await self._stage(
             req, Stage.TRANSLATE,
             TranslateInput(req.job_id, shared.transcript.transcript_key,
                            shared.transcript.language, req.target_language, p,
-                           req.target_script_key),
+                           req.target_script_key, req.glossary_key),
             TranslateResult)
         script_key = script.script_key
         assert self._status is not None
@@ -157,6 +162,33 @@ class DubbingWorkflow:
             duration_ms=mixed.duration_ms, lipsync=lips, loudness_lufs=mixed.loudness_lufs,
             gain_db=mixed.gain_db, mixing_mode=req.mixing_mode, audio_key=mixed.audio_key)
 
+    async def _own_track(self, req: DubbingRequest) -> DubbingResult:
+        """The user's dubbed track over the source: decode it (the probe stage), lip-sync,
+        mix it alone (voiceover_only)."""
+        assert req.dub_audio_key is not None
+        p, shared = req.prefix, req.shared
+        track = await self._stage(req, Stage.PROBE,
+                                  ProbeInput(req.job_id, req.dub_audio_key, f"{p}/track"),
+                                  ProbeResult)
+        lips = await self._stage(
+            req, Stage.LIPSYNC,
+            LipSyncInput(req.job_id, req.source_key, track.audio_key, p, req.lipsync),
+            LipSyncResult)
+        mixed = await self._stage(
+            req, Stage.MIX,
+            MixInput(req.job_id, req.source_key, track.audio_key, shared.probe.audio_key,
+                     shared.separate.background_key, MixingMode.VOICEOVER_ONLY, p,
+                     lips.video_key),
+            MixResult)
+        return DubbingResult(
+            job_id=req.job_id, target_language=req.target_language,
+            output_key=mixed.output_key, dub_key=track.audio_key,
+            background_key=shared.separate.background_key, transcript_key="",
+            script_key="", fits_key="", speakers_key="",
+            source_language=shared.transcript.language, duration_ms=mixed.duration_ms,
+            lipsync=lips, loudness_lufs=mixed.loudness_lufs, gain_db=mixed.gain_db,
+            mixing_mode=MixingMode.VOICEOVER_ONLY, audio_key=mixed.audio_key)
+
     async def _review(self, script_key: str) -> str:
         """Wait (durably, for as long as it takes) until the script is approved."""
         st = self._status
@@ -176,9 +208,10 @@ class DubbingWorkflow:
         assert self._status is not None
         result = await run_stage(self._status, req.task_queues, stage, arg, result_type,
                                  req.shared.probe.duration_ms / 1000)
-        done = LANGUAGE_STAGES[: LANGUAGE_STAGES.index(stage) + 1]
-        self._status.percent = round(100 * sum(STAGE_WEIGHTS[s] for s in done)
-                                     / sum(STAGE_WEIGHTS[s] for s in LANGUAGE_STAGES))
+        if stage in LANGUAGE_STAGES:
+            done = LANGUAGE_STAGES[: LANGUAGE_STAGES.index(stage) + 1]
+            self._status.percent = round(100 * sum(STAGE_WEIGHTS[s] for s in done)
+                                         / sum(STAGE_WEIGHTS[s] for s in LANGUAGE_STAGES))
         return result
 
     async def _settle(self, req: DubbingRequest, delivered: bool) -> None:

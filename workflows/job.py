@@ -233,6 +233,13 @@ class DubbingJobWorkflow:
         duration_s = probe.duration_ms / 1000
         pr.duration_ms = probe.duration_ms
         upsert(SA_DURATION.value_set(duration_s))
+        if req.dub_audio_key:  # the user brings the dubbed track: nothing to hear or say
+            pr.stage = None
+            self._shared_artifacts = SharedArtifacts(
+                probe=probe, speech_key=probe.speech_audio_key,
+                separate=SeparateResult(probe.audio_key, probe.audio_key, "not run"),
+                transcript=TranscribeResult("", req.source_language, 0, "not run"))
+            return self._shared_artifacts
         sep = await run_stage(pr, req.task_queues, Stage.SEPARATE,
                               SeparateInput(req.job_id, probe.audio_key, p), SeparateResult,
                               duration_s)
@@ -261,7 +268,8 @@ class DubbingJobWorkflow:
             shared=shared, mixing_mode=req.mixing_mode,
             target_script_key=req.target_script_keys.get(lang), lipsync=req.lipsync,
             timing=req.timing, task_queues=req.task_queues, tenant=req.tenant,
-            voices=req.voices, pause_for_review=req.pause_for_review)
+            voices=req.voices, pause_for_review=req.pause_for_review,
+            dub_audio_key=req.dub_audio_key, glossary_key=req.glossary_key)
         pr.languages[lang] = JobState.RUNNING.value
         try:
             result = await workflow.execute_child_workflow(

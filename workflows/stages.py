@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from dubcore.contracts import ACTIVITY_NAMES, Stage, StageTiming
@@ -96,17 +96,22 @@ async def run_stage(status: Tracked, task_queues: dict[str, str], stage: Stage, 
             heartbeat_timeout=heartbeat,
             retry_policy=RETRY,
         )
-    except ActivityError:
+    except ActivityError as e:
+        if isinstance(e.cause, CancelledError):
+            # The workflow is being cancelled and took the activity with it: a
+            # cancellation, not a failure of the stage.
+            _record(status, stage, started, suffix=" (cancelled)")
+            raise e.cause from e
         status.failed_stage = stage.value
-        _record(status, stage, started, failed=True)
+        _record(status, stage, started, suffix=" (failed)")
         raise
     _record(status, stage, started)
     return result
 
 
-def _record(status: Tracked, stage: Stage, started: datetime, failed: bool = False) -> None:
+def _record(status: Tracked, stage: Stage, started: datetime, suffix: str = "") -> None:
     elapsed = workflow.now() - started
     status.timings.append(StageTiming(
-        stage=stage.value + (" (failed)" if failed else ""),
+        stage=stage.value + suffix,
         started_at=started.isoformat(),
         duration_ms=int(elapsed.total_seconds() * 1000)))

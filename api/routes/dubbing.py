@@ -6,9 +6,14 @@ balance is short) before the job's workflow starts."""
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 import uuid
 from datetime import timedelta
+from mimetypes import guess_type
+from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Query, status
 from sqlalchemy import update
@@ -17,8 +22,10 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.auth import Principal, PrincipalDep
 from api.deps import DbDep, Services, ServicesDep
+from api.fetch import fetch
 from api.routes.jobs import job_out
 from api.schemas import (
+    SOURCE_TYPES,
     UPLOAD_TYPES,
     CompleteMultipart,
     CreateJob,
@@ -48,6 +55,7 @@ from dubcore.errors import (
 from dubcore.languages import CLONE, check_job_languages, voice_catalog
 from dubcore.media_info import probe
 from dubcore.storage import S3_MAX_SINGLE_PUT_BYTES, S3Store
+from dubcore.subtitles import parse_glossary
 
 router = APIRouter(prefix="/v1/dubbing", tags=["dubbing"], responses={
     code: {"model": ErrorBody} for code in (400, 401, 402, 404, 409, 413, 415, 422, 429)})
@@ -141,11 +149,12 @@ def complete_upload(upload_id: str, body: CompleteMultipart, services: ServicesD
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut)
 async def create_job(body: CreateJob, services: ServicesDep, db: DbDep,
                      who: PrincipalDep) -> JobOut:
-    """Create and start a job in one call, from a finished source upload."""
+    """Create and start a job in one call, from a finished source upload or from a URL the
+    server downloads (http/https only; private addresses refused; size and time limits)."""
     if body.source_upload_id is None:
-        raise InvalidRequestError(
-            "source_url is not enabled on this deployment yet; upload the source with "
-            "POST /v1/dubbing/uploads and pass source_upload_id")
+        assert body.source_url is not None
+        return await _start(await _from_url(body.source_url, services, db, who), body,
+                            services, db, who)
     upload = _upload(db, who, body.source_upload_id)
     if upload.kind != "source":
         raise InvalidRequestError(f"upload {upload.id} is a {upload.kind}, not a source")
@@ -154,6 +163,25 @@ async def create_job(body: CreateJob, services: ServicesDep, db: DbDep,
     if job is None:
         raise NotFoundError(f"no job slot for upload {upload.id}")
     return await _start(job, body, services, db, who)
+
+
+async def _from_url(url: str, services: Services, db: Session, who: Principal) -> Job:
+    """Download the source into the store and open a job slot for it."""
+    job_id = uuid.uuid4().hex
+    key = f"uploads/{job_id}/source"
+    with tempfile.TemporaryDirectory(prefix="opendub-url-") as tmp:
+        path = Path(tmp) / "source"
+        content_type = await fetch(url, path, services.settings)
+        if content_type not in SOURCE_TYPES:
+            content_type = guess_type(urlsplit(url).path)[0] or "application/octet-stream"
+        await asyncio.to_thread(services.store.put_file, key, path, content_type)
+        size = path.stat().st_size
+    job = Job(id=job_id, tenant_id=who.tenant_id, state=JobState.WAITING_UPLOAD.value,
+              source_key=key, content_type=content_type, declared_bytes=size,
+              source_url=url, request={"source_url": url})
+    db.add(job)
+    db.commit()
+    return job
 
 
 @router.post("/jobs/{job_id}/start", status_code=status.HTTP_202_ACCEPTED,
@@ -186,6 +214,23 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
         if script.kind != "target_script" or not store.exists(script.object_key):
             raise BadInputError(f"upload {script.id} is not an uploaded target script")
         script_keys[body.target_languages[0]] = script.object_key
+    dub_audio_key = None
+    if body.dub_audio_upload_id:
+        if len(body.target_languages) != 1:
+            raise InvalidRequestError("a dub_audio track is for a single target language")
+        track = _upload(db, who, body.dub_audio_upload_id)
+        if track.kind != "dub_audio" or not store.exists(track.object_key):
+            raise BadInputError(f"upload {track.id} is not an uploaded dub_audio track")
+        probe(store.read_location(track.object_key), timeout_s=30)  # 415 if not audio
+        dub_audio_key = track.object_key
+    glossary_key = None
+    if body.glossary_upload_id:
+        glossary = _upload(db, who, body.glossary_upload_id)
+        if glossary.kind != "glossary" or not store.exists(glossary.object_key):
+            raise BadInputError(f"upload {glossary.id} is not an uploaded glossary")
+        with store.local_path(glossary.object_key) as path:
+            parse_glossary(path.read_text(encoding="utf-8", errors="replace"))  # 422 early
+        glossary_key = glossary.object_key
     transcript_key = None
     if body.transcript_upload_id:
         transcript = _upload(db, who, body.transcript_upload_id)
@@ -193,7 +238,8 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
             raise BadInputError(f"upload {transcript.id} is not an uploaded transcript")
         transcript_key = transcript.object_key
     for lang in body.target_languages:
-        check_job_languages(body.source_language, lang, has_target_script=lang in script_keys)
+        check_job_languages(body.source_language, lang,
+                            has_target_script=lang in script_keys or dub_audio_key is not None)
         voices = {v["voice_key"] for v in voice_catalog(lang, settings.tts_engine)}
         for choice in body.speakers:
             if choice.voice_key != CLONE and choice.voice_key not in voices:
@@ -221,7 +267,8 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
         job_id=job.id, source_key=job.source_key, target_languages=body.target_languages,
         source_language=body.source_language, mixing_mode=body.mixing_mode,
         num_speakers=body.num_speakers, target_script_keys=script_keys,
-        transcript_key=transcript_key,
+        transcript_key=transcript_key, dub_audio_key=dub_audio_key,
+        glossary_key=glossary_key,
         lipsync=body.lipsync, notes=body.notes,
         timing=TimingPolicy(max_speedup=body.max_speedup),
         task_queues=settings.task_queues(), tenant=who.tenant_id,

@@ -16,7 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.auth import Principal, PrincipalDep
 from api.deps import DbDep, Services, ServicesDep
 from api.routes.jobs import load_job
-from api.routes.review import _progress, _version
+from api.routes.review import _progress, _version, scripted
 from api.schemas import Download, ErrorBody, ExportIn, ExportOut
 from dubcore.contracts import (
     SCRIPT_FORMATS,
@@ -47,6 +47,8 @@ async def create_export(job_id: str, body: ExportIn, services: ServicesDep, db: 
         raise InvalidRequestError("script=source applies to srt, vtt and json exports only")
     pr = await _progress(services, job)
     v = _version(pr, body.language, body.version)
+    if body.format in SCRIPT_FORMATS:
+        scripted(v, body.language)
     existing = db.scalars(select(Export).where(
         Export.job_id == job_id, Export.language == body.language,
         Export.version == v.version, Export.format == body.format.value,

@@ -106,7 +106,8 @@ def _result(services: Services, st: JobStatus, latest: Version | None) -> Langua
         duration_ms=v.duration_ms, loudness_lufs=v.loudness_lufs,
         lipsync={"skipped": r.lipsync.skipped, "reason": r.lipsync.reason,
                  "engine": r.lipsync.engine},
-        speakers=get_json(store, v.speakers_key), segments=get_json(store, v.fits_key))
+        speakers=get_json(store, v.speakers_key) if v.speakers_key else [],
+        segments=get_json(store, v.fits_key) if v.fits_key else [])
 
 
 def latest_version(pr: JobProgress, language: str, number: int | None = None

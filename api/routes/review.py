@@ -90,13 +90,20 @@ def _version(pr: JobProgress, language: str, number: int | None) -> Version:
     if not versions:
         raise ConflictError(f"{language} has no finished version yet "
                             f"(it is {pr.languages.get(language, 'queued')})")
-    if number is None:
-        return versions[-1]
-    for v in versions:
-        if v.version == number:
-            return v
+    found = versions[-1] if number is None else next(
+        (v for v in versions if v.version == number), None)
+    if found is not None:
+        return found
     raise NotFoundError(f"{language} has no finished version {number} (versions: "
                         f"{', '.join(str(v.version) for v in versions)})")
+
+
+def scripted(v: Version, language: str) -> Version:
+    """A version made from a script (not from the user's own dubbed track)."""
+    if not v.script_key:
+        raise ConflictError(f"{language} was dubbed from your own audio track: it has no "
+                            "script, speakers or chunks")
+    return v
 
 
 @router.get("/script", response_model=ScriptOut)
@@ -122,7 +129,7 @@ async def get_script(job_id: str, language: str, services: ServicesDep, db: DbDe
         if st is not None and st.state is JobState.AWAITING_REVIEW and st.script_key:
             return ScriptOut(job_id=job_id, language=language, kind="target", version=0,
                              segments=_segments(get_json(store, st.script_key)))
-    v = _version(pr, language, version or None)
+    v = scripted(_version(pr, language, version or None), language)
     return ScriptOut(job_id=job_id, language=language, kind="target", version=v.version,
                      segments=_segments(get_json(store, v.script_key)))
 
@@ -132,7 +139,7 @@ async def get_speakers(job_id: str, language: str, services: ServicesDep, db: Db
                        who: PrincipalDep, version: VersionQuery = None) -> SpeakersOut:
     """The speakers of a version and the voice each one speaks with."""
     pr = await _progress(services, load_job(db, who, job_id))
-    v = _version(pr, language, version or None)
+    v = scripted(_version(pr, language, version or None), language)
     rows = get_json(services.store, v.speakers_key)
     return SpeakersOut(job_id=job_id, language=language, version=v.version,
                        speakers=[SpeakerOut(speaker_id=r["speaker_id"],
@@ -146,7 +153,7 @@ async def get_chunks(job_id: str, language: str, services: ServicesDep, db: DbDe
     """One audio file per segment of a version (output kind ``chunks``): each dubbed line
     as synthesized and fitted, with where it plays, as signed URLs."""
     pr = await _progress(services, load_job(db, who, job_id))
-    v = _version(pr, language, version or None)
+    v = scripted(_version(pr, language, version or None), language)
     store, expiry = services.store, services.settings.url_expiry_s
     chunks, expires_at = [], 0
     for f in get_json(store, v.fits_key):
@@ -196,7 +203,7 @@ async def _revision(job: Job, language: str, body: RevisionIn, services: Service
                     write: bool) -> tuple[JobProgress, RevisionRequest]:
     """The update an edit becomes, checked as the workflow's validator will check it."""
     pr = await _progress(services, job)
-    base = _version(pr, language, body.base_version)
+    base = scripted(_version(pr, language, body.base_version), language)
     store = services.store
     req = RevisionRequest(language=language, base_version=base.version,
                           mixing_mode=body.mixing_mode, note=body.note)

@@ -30,6 +30,12 @@ def _tag(v: str) -> str:
     return v
 
 
+def _callback_url(v: str | None) -> str | None:
+    if v is not None and not re.match(r"^https?://[^\s/]+", v):
+        raise ValueError("callback_url must be an http(s) URL")
+    return v
+
+
 class ErrorBody(BaseModel):
     error: str = Field(examples=["UnsupportedLanguageError"])
     message: str = Field(examples=["no engine translates en -> xx"])
@@ -155,12 +161,7 @@ class StartJob(BaseModel):
     def _target(cls, v: str | None) -> str | None:
         return None if v is None else _tag(v)
 
-    @field_validator("callback_url")
-    @classmethod
-    def _callback(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("callback_url must be an http(s) URL")
-        return v
+    _callback = field_validator("callback_url")(_callback_url)
 
     @model_validator(mode="after")
     def _dub_audio_alone(self) -> StartJob:
@@ -482,12 +483,7 @@ class ExportIn(BaseModel):
     model_config = {"json_schema_extra": {"examples": [
         {"language": "pt-BR", "format": "mp3"}, {"language": "pt-BR", "format": "srt"}]}}
 
-    @field_validator("callback_url")
-    @classmethod
-    def _callback(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError("callback_url must be an http(s) URL")
-        return v
+    _callback = field_validator("callback_url")(_callback_url)
 
 
 class ExportOut(BaseModel):

@@ -110,17 +110,23 @@ def mux(source: Path, audio: np.ndarray, audio_rate_hz: int, output: Path,
                     out.mux(vout.encode(frame))
                 out.mux(vout.encode(None))
 
-        layout = "stereo" if audio.shape[0] == 2 else "mono"
-        block = 1024 * 32
-        for start in range(0, audio.shape[1], block):
-            chunk = np.ascontiguousarray(audio[:, start:start + block], dtype=np.float32)
-            aframe = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-            aframe.sample_rate = audio_rate_hz
-            aframe.pts = start
-            aframe.time_base = Fraction(1, audio_rate_hz)
-            out.mux(aout.encode(aframe))
-        out.mux(aout.encode(None))
+        _encode(out, aout, audio, audio_rate_hz)
     return copied
+
+
+def _encode(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream,
+            audio: np.ndarray, rate_hz: int) -> None:
+    """Encode ``audio`` (channels, samples) into ``stream`` in blocks, then flush it."""
+    layout = "stereo" if audio.shape[0] == 2 else "mono"
+    block = 1024 * 32
+    for start in range(0, audio.shape[1], block):
+        chunk = np.ascontiguousarray(audio[:, start:start + block], dtype=np.float32)
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+        frame.sample_rate = rate_hz
+        frame.pts = start
+        frame.time_base = Fraction(1, rate_hz)
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
 
 
 #: Audio-only export: container, codec, sample format and bit rate per format.
@@ -139,12 +145,4 @@ def encode_audio(audio: np.ndarray, rate_hz: int, output: Path, fmt: str) -> Non
         stream.layout = layout
         if bit_rate:
             stream.bit_rate = bit_rate
-        block = 1024 * 32
-        for start in range(0, audio.shape[1], block):
-            chunk = np.ascontiguousarray(audio[:, start:start + block], dtype=np.float32)
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-            frame.sample_rate = rate_hz
-            frame.pts = start
-            frame.time_base = Fraction(1, rate_hz)
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+        _encode(out, stream, audio, rate_hz)

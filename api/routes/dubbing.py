@@ -54,7 +54,7 @@ from dubcore.errors import (
 )
 from dubcore.languages import CLONE, check_job_languages, voice_catalog
 from dubcore.media_info import probe
-from dubcore.storage import S3_MAX_SINGLE_PUT_BYTES, S3Store
+from dubcore.storage import S3_MAX_SINGLE_PUT_BYTES, ObjectStore, S3Store
 from dubcore.subtitles import parse_glossary
 
 router = APIRouter(prefix="/v1/dubbing", tags=["dubbing"], responses={
@@ -206,37 +206,24 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
     size = store.size(job.source_key)
     if job.declared_bytes is not None and size != job.declared_bytes:
         raise BadInputError(f"the upload has {size} bytes, {job.declared_bytes} were declared")
+    single = len(body.target_languages) == 1
     script_keys: dict[str, str] = {}
     if body.target_script_upload_id:
-        if len(body.target_languages) != 1:
+        if not single:
             raise InvalidRequestError("a target script fits a single target language")
-        script = _upload(db, who, body.target_script_upload_id)
-        if script.kind != "target_script" or not store.exists(script.object_key):
-            raise BadInputError(f"upload {script.id} is not an uploaded target script")
-        script_keys[body.target_languages[0]] = script.object_key
-    dub_audio_key = None
-    if body.dub_audio_upload_id:
-        if len(body.target_languages) != 1:
+        script_key = _side_file(db, who, store, body.target_script_upload_id, "target_script")
+        assert script_key is not None
+        script_keys[body.target_languages[0]] = script_key
+    dub_audio_key = _side_file(db, who, store, body.dub_audio_upload_id, "dub_audio")
+    if dub_audio_key:
+        if not single:
             raise InvalidRequestError("a dub_audio track is for a single target language")
-        track = _upload(db, who, body.dub_audio_upload_id)
-        if track.kind != "dub_audio" or not store.exists(track.object_key):
-            raise BadInputError(f"upload {track.id} is not an uploaded dub_audio track")
-        probe(store.read_location(track.object_key), timeout_s=30)  # 415 if not audio
-        dub_audio_key = track.object_key
-    glossary_key = None
-    if body.glossary_upload_id:
-        glossary = _upload(db, who, body.glossary_upload_id)
-        if glossary.kind != "glossary" or not store.exists(glossary.object_key):
-            raise BadInputError(f"upload {glossary.id} is not an uploaded glossary")
-        with store.local_path(glossary.object_key) as path:
+        probe(store.read_location(dub_audio_key), timeout_s=30)  # 415 if not audio
+    glossary_key = _side_file(db, who, store, body.glossary_upload_id, "glossary")
+    if glossary_key:
+        with store.local_path(glossary_key) as path:
             parse_glossary(path.read_text(encoding="utf-8", errors="replace"))  # 422 early
-        glossary_key = glossary.object_key
-    transcript_key = None
-    if body.transcript_upload_id:
-        transcript = _upload(db, who, body.transcript_upload_id)
-        if transcript.kind != "transcript" or not store.exists(transcript.object_key):
-            raise BadInputError(f"upload {transcript.id} is not an uploaded transcript")
-        transcript_key = transcript.object_key
+    transcript_key = _side_file(db, who, store, body.transcript_upload_id, "transcript")
     for lang in body.target_languages:
         check_job_languages(body.source_language, lang,
                             has_target_script=lang in script_keys or dub_audio_key is not None)
@@ -310,6 +297,17 @@ def _claim(db: Session, job: Job, body: StartJob) -> None:
         return
     raise ConflictError(f"job {job.id} was already started (or is being started with "
                         "other options)")
+
+
+def _side_file(db: Session, who: Principal, store: ObjectStore, upload_id: str | None,
+               kind: str) -> str | None:
+    """The object key of the caller's finished upload of this kind (None if not given)."""
+    if upload_id is None:
+        return None
+    row = _upload(db, who, upload_id)
+    if row.kind != kind or not store.exists(row.object_key):
+        raise BadInputError(f"upload {row.id} is not an uploaded {kind}")
+    return row.object_key
 
 
 def _upload(db: Session, who: Principal, upload_id: str) -> Upload:

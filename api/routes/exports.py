@@ -16,7 +16,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.auth import Principal, PrincipalDep
 from api.deps import DbDep, Services, ServicesDep
 from api.routes.jobs import load_job
-from api.routes.review import _progress, _version, scripted
+from api.routes.review import finished_version, progress_of, scripted
 from api.schemas import Download, ErrorBody, ExportIn, ExportOut
 from dubcore.contracts import (
     SCRIPT_FORMATS,
@@ -45,8 +45,8 @@ async def create_export(job_id: str, body: ExportIn, services: ServicesDep, db: 
     job = load_job(db, who, job_id)
     if body.script == "source" and body.format not in SCRIPT_FORMATS:
         raise InvalidRequestError("script=source applies to srt, vtt and json exports only")
-    pr = await _progress(services, job)
-    v = _version(pr, body.language, body.version)
+    pr = await progress_of(services, job)
+    v = finished_version(pr, body.language, body.version)
     if body.format in SCRIPT_FORMATS:
         scripted(v, body.language)
     existing = db.scalars(select(Export).where(

@@ -63,7 +63,7 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/languages/{language}", tags=["revie
 VersionQuery = Annotated[int | None, Query(ge=0, description="Default: the latest.")]
 
 
-async def _progress(services: Services, job: Job) -> JobProgress:
+async def progress_of(services: Services, job: Job) -> JobProgress:
     if not job.workflow_id:
         raise ConflictError(f"job {job.id} was never started")
     try:
@@ -83,7 +83,7 @@ async def _language(services: Services, job: Job, language: str) -> JobStatus | 
         raise
 
 
-def _version(pr: JobProgress, language: str, number: int | None) -> Version:
+def finished_version(pr: JobProgress, language: str, number: int | None) -> Version:
     if language not in pr.target_languages:
         raise NotFoundError(f"job {pr.job_id} has no target language {language}")
     versions = [v for v in pr.versions.get(language, []) if v.state is JobState.COMPLETED]
@@ -115,7 +115,7 @@ async def get_script(job_id: str, language: str, services: ServicesDep, db: DbDe
     ``{index, start_ms, end_ms, text, speaker_id}``. While the language awaits review the
     draft translation is version 0."""
     job = load_job(db, who, job_id)
-    pr = await _progress(services, job)
+    pr = await progress_of(services, job)
     store = services.store
     if kind == "source":
         if language not in pr.target_languages:
@@ -129,7 +129,7 @@ async def get_script(job_id: str, language: str, services: ServicesDep, db: DbDe
         if st is not None and st.state is JobState.AWAITING_REVIEW and st.script_key:
             return ScriptOut(job_id=job_id, language=language, kind="target", version=0,
                              segments=_segments(get_json(store, st.script_key)))
-    v = scripted(_version(pr, language, version or None), language)
+    v = scripted(finished_version(pr, language, version or None), language)
     return ScriptOut(job_id=job_id, language=language, kind="target", version=v.version,
                      segments=_segments(get_json(store, v.script_key)))
 
@@ -138,8 +138,8 @@ async def get_script(job_id: str, language: str, services: ServicesDep, db: DbDe
 async def get_speakers(job_id: str, language: str, services: ServicesDep, db: DbDep,
                        who: PrincipalDep, version: VersionQuery = None) -> SpeakersOut:
     """The speakers of a version and the voice each one speaks with."""
-    pr = await _progress(services, load_job(db, who, job_id))
-    v = scripted(_version(pr, language, version or None), language)
+    pr = await progress_of(services, load_job(db, who, job_id))
+    v = scripted(finished_version(pr, language, version or None), language)
     rows = get_json(services.store, v.speakers_key)
     return SpeakersOut(job_id=job_id, language=language, version=v.version,
                        speakers=[SpeakerOut(speaker_id=r["speaker_id"],
@@ -152,8 +152,8 @@ async def get_chunks(job_id: str, language: str, services: ServicesDep, db: DbDe
                      who: PrincipalDep, version: VersionQuery = None) -> ChunksOut:
     """One audio file per segment of a version (output kind ``chunks``): each dubbed line
     as synthesized and fitted, with where it plays, as signed URLs."""
-    pr = await _progress(services, load_job(db, who, job_id))
-    v = scripted(_version(pr, language, version or None), language)
+    pr = await progress_of(services, load_job(db, who, job_id))
+    v = scripted(finished_version(pr, language, version or None), language)
     store, expiry = services.store, services.settings.url_expiry_s
     chunks, expires_at = [], 0
     for f in get_json(store, v.fits_key):
@@ -177,7 +177,7 @@ async def list_versions(job_id: str, language: str, services: ServicesDep, db: D
                         who: PrincipalDep) -> VersionsOut:
     """Every version of a language's dub, oldest first; each finished one downloadable."""
     job = load_job(db, who, job_id)
-    pr = await _progress(services, job)
+    pr = await progress_of(services, job)
     if language not in pr.target_languages:
         raise NotFoundError(f"job {job_id} has no target language {language}")
     return VersionsOut(job_id=job_id, language=language, review_open=pr.review_open,
@@ -202,8 +202,8 @@ def version_out(services: Services, job_id: str, language: str, v: Version) -> V
 async def _revision(job: Job, language: str, body: RevisionIn, services: Services,
                     write: bool) -> tuple[JobProgress, RevisionRequest]:
     """The update an edit becomes, checked as the workflow's validator will check it."""
-    pr = await _progress(services, job)
-    base = scripted(_version(pr, language, body.base_version), language)
+    pr = await progress_of(services, job)
+    base = scripted(finished_version(pr, language, body.base_version), language)
     store = services.store
     req = RevisionRequest(language=language, base_version=base.version,
                           mixing_mode=body.mixing_mode, note=body.note)
@@ -236,7 +236,7 @@ async def validate_revision(job_id: str, language: str, body: RevisionIn,
 
 
 def _check(pr: JobProgress, req: RevisionRequest) -> RevisionCheck:
-    base = _version(pr, req.language, req.base_version)
+    base = finished_version(pr, req.language, req.base_version)
     return RevisionCheck(base_version=req.base_version,
                          next_version=pr.versions[req.language][-1].version + 1,
                          changed_segments=req.changed_segments,
@@ -255,7 +255,7 @@ async def create_revision(job_id: str, language: str, body: RevisionIn,
     _, req = await _revision(job, language, body, services, write=True)
     handle = (await services.temporal()).get_workflow_handle(jobs.job_workflow_id(job.id))
     await _update(handle, REVISE_UPDATE, req, _update_id("revise", req))
-    pr = await _progress(services, job)
+    pr = await progress_of(services, job)
     v = pr.versions[language][-1]
     return version_out(services, job_id, language, v)
 
@@ -266,7 +266,7 @@ async def approve(job_id: str, language: str, body: ApproveIn, services: Service
     """Continue a language paused for review (``pause_for_review``), with the translated
     script as it is or with the given segments edited. Returns the script it goes on with."""
     job = load_job(db, who, job_id)
-    pr = await _progress(services, job)
+    pr = await progress_of(services, job)
     if language not in pr.target_languages:
         raise NotFoundError(f"job {job_id} has no target language {language}")
     st = await _language(services, job, language)

@@ -75,7 +75,8 @@ async def _query(coro: Any) -> Any:
         if e.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
             log.warning("status query failed (%s): %s", e.status.name, e.message)
         return None
-    except WorkflowQueryFailedError:
+    except WorkflowQueryFailedError as e:
+        log.info("status query not answered: %s", e)
         return None
 
 

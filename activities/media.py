@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from temporalio import activity
 
 from activities._base import StageActivities, heartbeat, scratch, stage_activity
 from dubcore.contracts import MixInput, MixResult, ProbeInput, ProbeResult
-from dubcore.errors import MediaTooLongError
+from dubcore.errors import InvalidRequestError, MediaTooLongError
 from engines import audio, media
 from engines.mix import mix
 
@@ -21,7 +23,10 @@ class MediaActivities(StageActivities):
     @activity.defn(name="probe_media")
     @stage_activity
     def probe_media(self, inp: ProbeInput) -> ProbeResult:
-        with self._store.local_path(inp.source_key) as src, scratch() as tmp:
+        with self._store.local_path(inp.source_key) as whole, scratch() as tmp:
+            src, clip_key = whole, ""
+            if inp.start_ms or inp.end_ms is not None:
+                src, clip_key = self._cut(inp, whole, tmp)
             info = media.probe(src)
             limit_s = self._settings.max_duration_s
             if info.duration_ms > limit_s * 1000:
@@ -41,7 +46,21 @@ class MediaActivities(StageActivities):
                            audio_key=audio_key, speech_audio_key=speech_key,
                            sample_rate_hz=info.sample_rate_hz, channels=info.channels,
                            video_codec=info.video_codec, width=info.width, height=info.height,
-                           fps=info.fps)
+                           fps=info.fps, source_key=clip_key)
+
+    def _cut(self, inp: ProbeInput, whole: Path, tmp: Path) -> tuple[Path, str]:
+        """Cut the time range out of the source: the job dubs (and returns) that part."""
+        length = media.probe(whole).duration_ms
+        end = length if inp.end_ms is None else min(inp.end_ms, length)
+        if not 0 <= inp.start_ms < end:
+            raise InvalidRequestError(f"the time range {inp.start_ms}..{inp.end_ms} ms is "
+                                      f"not inside the media (0..{length} ms)")
+        clip = tmp / "clip.mp4"
+        media.cut(whole, clip, inp.start_ms, end)
+        heartbeat(0.05)
+        key = f"{inp.prefix}/source-clip.mp4"
+        self._store.put_file(key, clip, "video/mp4")
+        return clip, key
 
     @activity.defn(name="mix_and_remux")
     @stage_activity

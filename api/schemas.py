@@ -99,6 +99,17 @@ class SpeakerVoice(BaseModel):
     voice_key: str = Field(max_length=200, examples=["kokoro:pf_dora", "clone"])
 
 
+class TimeRange(BaseModel):
+    start_ms: int = Field(0, ge=0, examples=[60_000])
+    end_ms: int = Field(gt=0, examples=[180_000])
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeRange:
+        if self.end_ms <= self.start_ms:
+            raise ValueError("end_ms must be after start_ms")
+        return self
+
+
 class StartJob(BaseModel):
     """How to dub an uploaded source."""
 
@@ -132,6 +143,9 @@ class StartJob(BaseModel):
         "Your own dubbed audio track (an uploaded dub_audio) for the single target "
         "language: no transcription, translation or synthesis; the track is laid over the "
         "source's video and lip-synced when lipsync is on."))
+    time_range: TimeRange | None = Field(None, description=(
+        "Dub only this part of the source; the result is that part (and only its minutes "
+        "are charged)."))
     output_kind: Literal["complete_media", "chunks"] = Field("complete_media", description=(
         "complete_media: the dubbed media; chunks: also list one audio file per segment "
         "(GET /v1/jobs/{id}/chunks). Chunks are available either way."))

@@ -129,6 +129,9 @@ class JobRequest:
     review_window_s: int = 0
     """How long the job stays open for revisions after its last language ended (or after
     the last revision); 0 = it ends at once."""
+    start_ms: int = 0
+    end_ms: int | None = None
+    """Dub only this time range of the source (the result is that part)."""
 
     @property
     def prefix(self) -> str:
@@ -169,6 +172,9 @@ class ProbeInput:
     job_id: str
     source_key: str
     prefix: str
+    start_ms: int = 0
+    end_ms: int | None = None
+    """A time range: only this part of the source is dubbed (cut first, frame-accurate)."""
 
 
 @dataclass
@@ -185,6 +191,8 @@ class ProbeResult:
     width: int = 0
     height: int = 0
     fps: float = 0.0
+    source_key: str = ""
+    """The media the job dubs when it is not the upload itself (a cut time range)."""
 
 
 @dataclass

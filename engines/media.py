@@ -146,3 +146,38 @@ def encode_audio(audio: np.ndarray, rate_hz: int, output: Path, fmt: str) -> Non
         if bit_rate:
             stream.bit_rate = bit_rate
         _encode(out, stream, audio, rate_hz)
+
+
+def cut(source: Path, output: Path, start_ms: int, end_ms: int) -> None:
+    """Write the ``start_ms``..``end_ms`` part of ``source`` as an MP4: the video re-encoded
+    with H.264 (frame-accurate, same size and rate), the audio cut to the sample (AAC)."""
+    start_s, end_s = start_ms / 1000, end_ms / 1000
+    audio = decode_audio(source, OUTPUT_AUDIO_RATE_HZ, 2)
+    audio = audio[:, start_ms * OUTPUT_AUDIO_RATE_HZ // 1000: end_ms * OUTPUT_AUDIO_RATE_HZ
+                  // 1000]
+    if audio.shape[1] == 0:
+        raise CorruptMediaError(f"the media has no audio between {start_ms} and {end_ms} ms")
+    with open_media(source) as inp, av.open(str(output), mode="w", format="mp4") as out:
+        vin = inp.streams.video[0] if inp.streams.video else None
+        vout = None
+        rate = (vin.average_rate if vin is not None else None) or Fraction(25)
+        if vin is not None:
+            vout = cast(av.video.stream.VideoStream, out.add_stream("libx264", rate=rate))
+            vout.width, vout.height = vin.codec_context.width, vin.codec_context.height
+            vout.pix_fmt = "yuv420p"
+        aout = cast(av.audio.stream.AudioStream,
+                    out.add_stream("aac", rate=OUTPUT_AUDIO_RATE_HZ))
+        aout.layout, aout.bit_rate = "stereo", OUTPUT_AUDIO_BITRATE
+        if vin is not None and vout is not None:
+            inp.seek(int(start_s * av.time_base), backward=True)
+            n = 0
+            for frame in inp.decode(vin):
+                if frame.time is None or frame.time < start_s - 1e-6:
+                    continue
+                if frame.time >= end_s:
+                    break
+                frame.pts, frame.time_base = n, Fraction(1) / rate
+                n += 1
+                out.mux(vout.encode(frame))
+            out.mux(vout.encode(None))
+        _encode(out, aout, audio, OUTPUT_AUDIO_RATE_HZ)

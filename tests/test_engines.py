@@ -253,3 +253,14 @@ def test_pitch_estimate_separates_the_sample_speakers(sample_speech_16k) -> None
     b = audio.median_f0_hz(sample_speech_16k[90_000:140_000], 16_000)  # speaker B (Kokoro)
     assert a is not None and b is not None
     assert a < audio.MALE_FEMALE_SPLIT_HZ < b
+
+
+def test_cut_is_frame_accurate_and_keeps_the_picture(sample_video: Path, tmp_path: Path
+                                                     ) -> None:
+    media.cut(sample_video, tmp_path / "part.mp4", 5_000, 12_000)
+    src, part = media.probe(sample_video), media.probe(tmp_path / "part.mp4")
+    assert abs(part.duration_ms - 7_000) <= 1000 / src.fps
+    assert (part.width, part.height, part.fps) == (src.width, src.height, src.fps)
+    whole = media.decode_audio(sample_video, 48_000, 1)[0][5 * 48_000: 12 * 48_000]
+    cut = media.decode_audio(tmp_path / "part.mp4", 48_000, 1)[0][: whole.size]
+    assert np.corrcoef(whole[48_000:-48_000], cut[48_000:-48_000])[0, 1] > 0.95

@@ -332,3 +332,30 @@ async def test_lipdub_video_plus_audio_generate_and_download(
     loud = np.sqrt(np.mean(heard[: spoken * 16] ** 2))
     after = np.sqrt(np.mean(heard[(spoken + 500) * 16:] ** 2))
     assert loud > 0.02 and after < loud / 100
+
+
+async def test_a_time_range_dubs_and_returns_only_that_part(
+        finished: Finished, tmp_path: Path, sample_video: Path) -> None:
+    http = finished.http
+    with DubClient(finished.stack.api_url, finished.stack.api_key) as api:
+        job_id = await asyncio.to_thread(api.upload, sample_video)
+        bad = await asyncio.to_thread(http.post, f"/v1/dubbing/jobs/{job_id}/start", json={
+            "source_language": "en", "target_language": "pt-BR",
+            "time_range": {"start_ms": 5_000, "end_ms": 99_000}})
+        assert bad.status_code == 400 and "after the media" in bad.json()["message"]
+        started = _ok(await asyncio.to_thread(
+            http.post, f"/v1/dubbing/jobs/{job_id}/start", json={
+                "source_language": "en", "target_language": "pt-BR",
+                "time_range": {"start_ms": 5_000, "end_ms": 14_500}}), 202)
+        assert started["duration_ms"] == 9_500 and started["cost_minutes"] == 1
+        done = await _poll(http, f"/v1/jobs/{job_id}", {"completed", "failed"})
+        assert done["status"] == "completed", done
+        out = await asyncio.to_thread(api.download, job_id, tmp_path / "part.mp4")
+        source = _ok(await asyncio.to_thread(
+            http.get, f"/v1/jobs/{job_id}/languages/pt-BR/script",
+            params={"kind": "source"}))["segments"]
+    info = media.probe(out)
+    assert info.has_video and abs(info.duration_ms - 9_500) <= 100
+    # The two lines inside 5.0..14.5 s, re-timed to the part (the first two are outside).
+    assert [s["text"][:6] for s in source] == ["Thanks", "Great,"]
+    assert source[0]["start_ms"] < 1_000

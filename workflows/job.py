@@ -126,13 +126,14 @@ class DubbingJobWorkflow:
             else:
                 v.dub_key, v.fits_key, v.speakers_key = (base.dub_key, base.fits_key,
                                                          base.speakers_key)
+            source_key = shared.probe.source_key or job.source_key
             lips = await run_stage(
                 v, job.task_queues, Stage.LIPSYNC,
-                LipSyncInput(job.job_id, job.source_key, v.dub_key, prefix, job.lipsync),
+                LipSyncInput(job.job_id, source_key, v.dub_key, prefix, job.lipsync),
                 LipSyncResult, duration_s)
             mixed = await run_stage(
                 v, job.task_queues, Stage.MIX,
-                MixInput(job.job_id, job.source_key, v.dub_key, shared.probe.audio_key,
+                MixInput(job.job_id, source_key, v.dub_key, shared.probe.audio_key,
                          shared.separate.background_key, mode, prefix, lips.video_key,
                          gain_db=base.gain_db if mode == base.mixing_mode else None),
                 MixResult, duration_s)
@@ -229,7 +230,8 @@ class DubbingJobWorkflow:
         pr, p = self._progress, req.prefix
         assert pr is not None
         probe = await run_stage(pr, req.task_queues, Stage.PROBE,
-                                ProbeInput(req.job_id, req.source_key, p), ProbeResult, 0)
+                                ProbeInput(req.job_id, req.source_key, p, req.start_ms,
+                                           req.end_ms), ProbeResult, 0)
         duration_s = probe.duration_ms / 1000
         pr.duration_ms = probe.duration_ms
         upsert(SA_DURATION.value_set(duration_s))
@@ -264,7 +266,8 @@ class DubbingJobWorkflow:
         pr = self._progress
         assert pr is not None
         child = DubbingRequest(
-            job_id=req.job_id, source_key=req.source_key, target_language=lang,
+            job_id=req.job_id, source_key=shared.probe.source_key or req.source_key,
+            target_language=lang,
             shared=shared, mixing_mode=req.mixing_mode,
             target_script_key=req.target_script_keys.get(lang), lipsync=req.lipsync,
             timing=req.timing, task_queues=req.task_queues, tenant=req.tenant,

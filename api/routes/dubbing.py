@@ -234,12 +234,19 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
                     f"voice {choice.voice_key!r} (for {choice.speaker_id}) does not speak "
                     f"{lang} here; see GET /v1/voices")
     info = probe(store.read_location(job.source_key), timeout_s=30)
-    if info.duration_ms > settings.max_duration_s * 1000:
-        raise MediaTooLongError(f"the media lasts {info.duration_ms / 1000:.0f} s; the limit "
+    duration_ms = info.duration_ms
+    if body.time_range is not None:
+        if body.time_range.end_ms > info.duration_ms:
+            raise InvalidRequestError(
+                f"time_range ends at {body.time_range.end_ms} ms, after the media "
+                f"({info.duration_ms} ms)")
+        duration_ms = body.time_range.end_ms - body.time_range.start_ms
+    if duration_ms > settings.max_duration_s * 1000:
+        raise MediaTooLongError(f"the media lasts {duration_ms / 1000:.0f} s; the limit "
                                 f"is {settings.max_duration_s} s")
-    minutes = accounts.cost_minutes(info.duration_ms)
+    minutes = accounts.cost_minutes(duration_ms)
     _claim(db, job, body)
-    job.duration_ms = info.duration_ms
+    job.duration_ms = duration_ms
     job.cost_minutes = minutes * len(body.target_languages)
     job.target_languages = list(body.target_languages)
     job.name = body.name or job.name
@@ -256,6 +263,8 @@ async def _start(job: Job, body: StartJob, services: Services, db: Session,
         num_speakers=body.num_speakers, target_script_keys=script_keys,
         transcript_key=transcript_key, dub_audio_key=dub_audio_key,
         glossary_key=glossary_key,
+        start_ms=body.time_range.start_ms if body.time_range else 0,
+        end_ms=body.time_range.end_ms if body.time_range else None,
         lipsync=body.lipsync, notes=body.notes,
         timing=TimingPolicy(max_speedup=body.max_speedup),
         task_queues=settings.task_queues(), tenant=who.tenant_id,

@@ -10,7 +10,10 @@ database. Both run the same migrations, and the test suite runs the data layer o
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -247,6 +251,9 @@ def make_engine(settings: Settings, *, migrate: bool = True) -> Engine:
     return engine
 
 
+MIGRATION_LOCK_KEY = 0x0D0B  # pg_advisory_xact_lock key of the schema migrations
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run the Alembic migrations on ``engine`` (idempotent)."""
     from alembic import command
@@ -255,9 +262,28 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Running upgrade ..." only
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
+    # Several processes (API replicas, workers) may start at once on a new database: they
+    # take turns (a PostgreSQL advisory lock; a lock file next to a SQLite database), and
+    # the ones after the first find the schema at head.
+    with _migration_lock(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

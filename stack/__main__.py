@@ -144,11 +144,11 @@ def main() -> None:
         sys.stdout.write(f"Starting Temporal dev server (Web UI http://{cfg.ip}:{cfg.ui_port}, "
                          f"history in {data_dir / cfg.db_filename}) ...\n")
         procs.append(devserver.start(cfg, data_dir, log_path=logs / "temporal.log"))
+        api_key = ensure_demo_key(settings)  # migrates the database before anyone uses it
         procs.append(_spawn("worker", env, logs / "worker.log"))
         procs.append(_spawn("api", env, logs / "api.log"))
         _wait_http(f"{api_url}/healthz", procs)
         sys.stdout.write(f"API {api_url} (reference: {api_url}/docs), logs in {logs}\n")
-        api_key = ensure_demo_key(settings)
         sys.stdout.write(f"Demo tenant API key in {data_dir / 'demo-api-key'}\n")
         if not args.no_demo:
             run_demo(api_url, api_key, args.sample, args.target, data_dir / "out",

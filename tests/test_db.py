@@ -3,6 +3,8 @@ ledger, including concurrent reservations racing for the same minutes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -41,6 +43,21 @@ def test_migrations_build_exactly_the_models_schema(engine: Engine) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_processes_starting_together_migrate_a_new_database_once(
+        database_url: str, tmp_path: Path) -> None:
+    # API replicas and workers may all start at once on an empty database.
+    boot = ("import sys; from dubcore.db import make_engine; from dubcore.settings import "
+            "Settings; make_engine(Settings(data_dir=sys.argv[1], database_url=sys.argv[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", boot, str(tmp_path), database_url],
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    failures = [p.communicate(timeout=120)[1] for p in procs if p.wait(timeout=120) != 0]
+    assert failures == []
+    engine = make_engine(Settings(data_dir=tmp_path, database_url=database_url),
+                         migrate=False)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
 
 
 def test_keys_are_hashed_shown_once_and_revocable(sessions: sessionmaker[Session]) -> None:

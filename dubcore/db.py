@@ -256,10 +256,10 @@ MIGRATION_LOCK_KEY = 0x0D0B  # pg_advisory_xact_lock key of the schema migration
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run the Alembic migrations on ``engine`` (idempotent)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no INFO chatter on start
     from alembic import command
     from alembic.config import Config
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Running upgrade ..." only
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # Several processes (API replicas, workers) may start at once on a new database: they

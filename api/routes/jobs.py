@@ -65,7 +65,7 @@ def load_job(db: Session, who: Principal, job_id: str) -> Job:
     return job
 
 
-async def _query(coro: Any) -> Any:
+async def query_or_none(coro: Any) -> Any:
     """A workflow query, or None when the workflow cannot answer right now: not found, its
     first workflow task has not run yet, or it did not answer in time (a busy worker). The
     caller then shows the job as the index last saw it; a status read never fails for it."""
@@ -134,7 +134,7 @@ async def job_out(job: Job, services: Services) -> JobOut:
         return out
     out.workflow_id, out.temporal_ui_url = job.workflow_id, _ui(services, job.workflow_id)
     client = await services.temporal()
-    pr: JobProgress | None = await _query(jobs.job_progress(client, job.id))
+    pr: JobProgress | None = await query_or_none(jobs.job_progress(client, job.id))
     if pr is None:
         # Not picked up yet, or gone past the namespace's retention: the index remembers
         # how it ended.
@@ -151,7 +151,7 @@ async def job_out(job: Job, services: Services) -> JobOut:
     fractions = []
     for lang in pr.target_languages:
         wf_id = jobs.language_workflow_id(job.id, lang)
-        st: JobStatus | None = await _query(jobs.language_status(client, job.id, lang))
+        st: JobStatus | None = await query_or_none(jobs.language_status(client, job.id, lang))
         lo = LanguageOut(language=lang, status=pr.languages.get(lang, "queued"),
                          workflow_id=wf_id)
         if st is not None:
@@ -253,7 +253,7 @@ async def _download(job_id: str, language: str | None, version: int | None,
     if version is not None and version > 1:
         if language is None:
             raise InvalidRequestError("name the language of the version to download")
-        pr: JobProgress | None = await _query(jobs.job_progress(await services.temporal(),
+        pr: JobProgress | None = await query_or_none(jobs.job_progress(await services.temporal(),
                                                                 job_id))
         v = latest_version(pr, language, version) if pr else None
         if v is None:

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import PrincipalDep
 from api.deps import DbDep, Services, ServicesDep
-from api.routes.jobs import download_of, load_job, timings_out
+from api.routes.jobs import download_of, load_job, query_or_none, timings_out
 from api.schemas import (
     ApproveIn,
     ChunkOut,
@@ -75,12 +75,10 @@ async def progress_of(services: Services, job: Job) -> JobProgress:
 
 
 async def _language(services: Services, job: Job, language: str) -> JobStatus | None:
-    try:
-        return await jobs.language_status(await services.temporal(), job.id, language)
-    except RPCError as e:
-        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            return None
-        raise
+    """The language workflow's status, or None when it cannot answer (as job status)."""
+    status: JobStatus | None = await query_or_none(
+        jobs.language_status(await services.temporal(), job.id, language))
+    return status
 
 
 def finished_version(pr: JobProgress, language: str, number: int | None) -> Version:

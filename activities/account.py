@@ -1,5 +1,8 @@
 """Account activities: settle a job's credits and deliver its webhooks. They touch only the
-database and the network, and run next to the workflows on `WORKFLOW_TASK_QUEUE`."""
+database and the network: settling runs next to the workflows on `WORKFLOW_TASK_QUEUE`,
+deliveries on their own `WEBHOOK_TASK_QUEUE` and thread pool, so a receiver that hangs
+never holds a slot a stage or a workflow needs. Every delivery goes through the outbound
+guard (`dubcore.outbound`), checked again at each attempt."""
 
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from dubcore.contracts import (
     WebhookResult,
 )
 from dubcore.db import Tenant, WebhookDelivery, utcnow
-from dubcore.errors import NotFoundError, ServiceUnavailableError
+from dubcore.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
+from dubcore.outbound import Resolver, guarded_client
 from dubcore.settings import Settings
 
 SIGNATURE_HEADER = "X-OpenDub-Signature"
@@ -41,11 +45,11 @@ class WebhookDeliveryError(ServiceUnavailableError):
 
 
 class AccountActivities:
-    def __init__(self, sessions: sessionmaker[Session], settings: Settings,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings, *,
+                 resolver: Resolver | None = None) -> None:
         self._sessions = sessions
         self._settings = settings
-        self._transport = transport
+        self._resolver = resolver
 
     @activity.defn(name=SETTLE_ACTIVITY)
     @stage_activity
@@ -80,14 +84,16 @@ class AccountActivities:
             headers = {"Content-Type": "application/json", "User-Agent": "OpenDub-Webhooks",
                        SIGNATURE_HEADER: sign(secret, ts, body),
                        "X-OpenDub-Event": inp.event, "X-OpenDub-Delivery": inp.delivery_id}
-            status, error = 0, None
+            status, error, refused = 0, None, None
             try:
-                with httpx.Client(timeout=self._settings.webhook_timeout_s,
-                                  transport=self._transport,
-                                  follow_redirects=False) as http:
+                with guarded_client(self._settings, what="callback_url",
+                                    timeout_s=self._settings.webhook_timeout_s,
+                                    resolver=self._resolver) as http:
                     status = http.post(inp.url, content=body, headers=headers).status_code
                 if not 200 <= status < 300:
                     error = f"the receiver answered HTTP {status}"
+            except InvalidRequestError as e:  # the guard refused the destination: final
+                refused, error = e, e.message
             except httpx.HTTPError as e:
                 error = f"{type(e).__name__}: {e}"
             row.attempts += 1
@@ -96,9 +102,11 @@ class AccountActivities:
             row.last_error = error
             if error is None:
                 row.state, row.delivered_at = "delivered", utcnow()
-            elif attempt >= inp.max_attempts > 0:
+            elif refused is not None or attempt >= inp.max_attempts > 0:
                 row.state = "failed"
             s.commit()
+        if refused is not None:
+            raise refused  # non-retryable: the same URL is refused at every attempt
         if error is not None:
             raise WebhookDeliveryError(f"webhook {inp.event} to {inp.url}: {error}")
         return WebhookResult(status_code=status, attempts=attempt)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from temporalio import activity
 
 from activities._base import StageActivities, heartbeat, stage_activity
-from dubcore.contracts import DiarizeInput, DiarizeResult
+from dubcore.contracts import DiarizeInput, DiarizeResult, Stage
 from dubcore.storage import put_json
 from engines import audio
-from engines.diarize import Diarizer, VadEmbeddingDiarizer, turns_to_json
+from engines.diarize import Diarizer, turns_to_json
 
 
 class DiarizeActivities(StageActivities):
-    @cached_property
-    def engine(self) -> Diarizer:
-        return VadEmbeddingDiarizer(self._settings.diarize_threshold, self._settings.device)
+    stage = Stage.DIARIZE
+    engine: Diarizer
 
     @activity.defn(name="diarize_speakers")
     @stage_activity
@@ -27,4 +24,5 @@ class DiarizeActivities(StageActivities):
         key = f"{inp.prefix}/turns.json"
         put_json(self._store, key, turns_to_json(turns))
         speakers = list(dict.fromkeys(t.speaker_id for t in turns))
-        return DiarizeResult(turns_key=key, speaker_ids=speakers, engine=self.engine.name)
+        return DiarizeResult(turns_key=key, speaker_ids=speakers, engine=self.engine.name,
+                             model=self.model)

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from temporalio import activity
 
 from activities._base import StageActivities, heartbeat, scratch, stage_activity
-from dubcore.contracts import SeparateInput, SeparateResult
+from dubcore.contracts import SeparateInput, SeparateResult, Stage
 from engines import audio
-from engines.separate import SAMPLE_RATE_HZ, DeepFilterSeparator, Separator
+from engines.separate import SAMPLE_RATE_HZ, Separator
 
 SPEECH_RATE_HZ = 16_000
 
 
 class SeparateActivities(StageActivities):
-    @cached_property
-    def engine(self) -> Separator:
-        return DeepFilterSeparator()
+    stage = Stage.SEPARATE
+    engine: Separator
 
     @activity.defn(name="separate_audio")
     @stage_activity
@@ -36,4 +33,5 @@ class SeparateActivities(StageActivities):
                 audio.write_wav(tmp / "stem.wav", stem, rate)
                 self._store.put_file(key, tmp / "stem.wav", "audio/wav")
         return SeparateResult(dialogue_key=keys[0], background_key=keys[1],
-                              engine=self.engine.name, speech_key=keys[2])
+                              engine=self.engine.name, speech_key=keys[2],
+                              model=self.model)

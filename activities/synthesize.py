@@ -1,33 +1,32 @@
 """Synthesize stage: a voice per speaker, every line fitted, laid on one dub stem.
 
-Each finished line is stored as it is made and the count is heartbeated, so a retried
-attempt (worker crash, deploy) resumes after the last finished line instead of starting over.
+Each finished line is stored as it is made, so a retried attempt (worker crash, deploy)
+reuses every line already in the store and synthesizes only the rest.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 from temporalio import activity
 
-from activities._base import StageActivities, heartbeat, resume_details, scratch, stage_activity
-from dubcore.contracts import SynthesizeInput, SynthesizeResult
+from activities._base import StageActivities, heartbeat, scratch, stage_activity
+from dubcore import registry
+from dubcore.contracts import Stage, SynthesizeInput, SynthesizeResult
 from dubcore.errors import ConfigurationError, InvalidScriptError
 from dubcore.languages import CLONE
 from dubcore.storage import get_json, put_json
 from engines import audio
+from engines.diarize import Turn
 from engines.synthesize import (
-    EspeakEngine,
-    KokoroEngine,
-    PiperEngine,
     SpeechEngine,
     SpeechRouter,
     assign_voices,
 )
+from engines.synthesize_xtts import pick_reference
 from engines.timing import Fit, fit_line, place
 
 log = logging.getLogger(__name__)
@@ -37,24 +36,32 @@ SPEECH_RATE_HZ = 16_000
 
 
 class SynthesizeActivities(StageActivities):
+    stage = Stage.SYNTHESIZE
+
     @cached_property
     def engine(self) -> SpeechRouter:
+        """Every engine ``DUB_SYNTHESIZE_ENGINE`` lists, as one router (each voice key goes to
+        its engine). With ``auto`` an engine that cannot load here is left out (logged); an
+        engine named explicitly must load."""
         s = self._settings
-        factories: dict[str, Callable[[], SpeechEngine]] = {
-            "kokoro": lambda: KokoroEngine(s.models_dir / "kokoro"),
-            "piper": PiperEngine, "espeak": EspeakEngine}
-        wanted = list(factories) if s.tts_engine == "auto" else [s.tts_engine]
+        explicit = "auto" not in s.synthesize_engine
         engines: list[SpeechEngine] = []
-        for name in wanted:
+        for spec in registry.chosen(s, Stage.SYNTHESIZE):
             try:
-                engines.append(factories[name]())
+                engines.append(spec.load(s))
             except ConfigurationError as e:
-                if s.tts_engine != "auto":
+                if explicit:
                     raise
-                log.warning("speech engine %s unavailable: %s", name, e.message)
+                log.warning("speech engine %s unavailable: %s", spec.name, e.message)
         if not engines:
             raise ConfigurationError("no speech engine could be loaded")
         return SpeechRouter(engines)
+
+    @property
+    def model(self) -> str:
+        return ", ".join(spec.model_ref(self._settings)
+                         for spec in registry.chosen(self._settings, Stage.SYNTHESIZE)
+                         if spec.name in self.engine.names)
 
     @activity.defn(name="synthesize_speech")
     @stage_activity
@@ -67,8 +74,6 @@ class SynthesizeActivities(StageActivities):
             {int(f["index"]): f for f in get_json(self._store, inp.previous_fits_key)}
             if inp.previous_fits_key else {})
 
-        resumed = resume_details()  # (fraction, lines finished) from the last attempt
-        done = int(resumed[1]) if len(resumed) > 1 else 0
         fits: list[Fit] = []
         clips: list[np.ndarray] = []
         clip_keys: list[str] = []
@@ -86,9 +91,8 @@ class SynthesizeActivities(StageActivities):
                     # The line as it was made (before placing squeezed it, if it did).
                     clip_key = old["clip_key"]
                     fits.append(Fit(**get_json(self._store, clip_key[:-4] + ".json")))
-                elif i < done and self._store.exists(clip_key) and \
-                        self._store.exists(fit_key):
-                    fits.append(Fit(**get_json(self._store, fit_key)))
+                elif (stored := self._stored_line(clip_key, fit_key, seg, voice)) is not None:
+                    fits.append(stored)  # made by an earlier attempt: resume after it
                 else:
                     fit, clip = self._line(inp, script, i, voice)
                     audio.write_wav(tmp / "line.wav", clip, OUT_RATE_HZ)
@@ -115,9 +119,22 @@ class SynthesizeActivities(StageActivities):
                  [f.to_json() | {"clip_key": k} for f, k in zip(fits, clip_keys, strict=True)])
         put_json(self._store, speakers_key, speakers)
         return SynthesizeResult(dub_key=dub_key, fits_key=fits_key, speakers_key=speakers_key,
-                                engine=self.engine.name,
+                                engine=self.engine.name, model=self.model,
                                 segments_over_bound=sum(f.over_bound for f in fits),
                                 lines_synthesized=made, lines_reused=len(fits) - made)
+
+    def _stored_line(self, clip_key: str, fit_key: str, seg: dict[str, Any], voice: str
+                     ) -> Fit | None:
+        """A line an earlier attempt of this stage already made and stored (the fit is
+        written after the clip, so a fit means a whole clip), if it is this very line."""
+        if not self._store.exists(fit_key):
+            return None
+        fit = Fit(**get_json(self._store, fit_key))
+        if (fit.text != seg["text"] or fit.voice_key != voice
+                or fit.start_ms != int(seg["start_ms"]) or fit.end_ms != int(seg["end_ms"])
+                or not self._store.exists(clip_key)):
+            return None
+        return fit
 
     def _speakers(self, inp: SynthesizeInput, script: list[dict[str, Any]]
                   ) -> list[dict[str, str]]:
@@ -127,6 +144,7 @@ class SynthesizeActivities(StageActivities):
         available = self.engine.voices(inp.target_language)
         table: list[dict[str, str]] = (get_json(self._store, inp.speakers_key)
                                        if inp.speakers_key else [])
+        self._ensure_clones(inp, table)
         known = {s["speaker_id"] for s in table}
         missing = [seg for seg in script if seg["speaker_id"] not in known]
         if missing:
@@ -141,7 +159,11 @@ class SynthesizeActivities(StageActivities):
             if wanted is None or wanted == row["voice_key"]:
                 continue
             if wanted == CLONE:
-                row["style"] += "; clone asked, no cloning engine here: matched voice kept"
+                cloned = self._clone(inp, script, row["speaker_id"])
+                if cloned is None:
+                    row["style"] += "; clone asked, no cloning engine here: matched voice kept"
+                else:
+                    row["voice_key"], row["style"] = cloned, "cloned from the speaker's speech"
                 continue
             voice = by_key.get(wanted)
             if voice is None:
@@ -151,6 +173,38 @@ class SynthesizeActivities(StageActivities):
             row["voice_key"], row["style"] = voice.key, f"{voice.gender}, {voice.style} " \
                 "(chosen)"
         return table
+
+    def _clone(self, inp: SynthesizeInput, script: list[dict[str, Any]], speaker_id: str
+               ) -> str | None:
+        """The speaker's own voice, from their cleanest 6-15 s of the separated speech (the
+        script's source windows say where they speak), or None when no loaded engine
+        clones in this language. The reference is kept with the job in the object store,
+        so a retry or a revision on another worker clones the same voice."""
+        cloner = self.engine.cloner(inp.target_language)
+        if cloner is None:
+            return None
+        key = f"jobs/{inp.job_id}/voices/{speaker_id}.wav"
+        with scratch() as tmp:
+            if self._store.exists(key):
+                with self._store.local_path(key) as path:
+                    reference, rate = audio.read_wav(path)
+            else:
+                with self._store.local_path(inp.speech_audio_key) as path:
+                    speech, rate = audio.read_wav(path)
+                turns = [Turn(start_ms=int(s["start_ms"]), end_ms=int(s["end_ms"]),
+                              speaker_id=s["speaker_id"]) for s in script]
+                reference = pick_reference(speech, rate, turns, speaker_id)[None, :]
+                audio.write_wav(tmp / "reference.wav", reference, rate)
+                self._store.put_file(key, tmp / "reference.wav", "audio/wav")
+        key_of_voice: str = cloner.register_clone_audio(inp.job_id, speaker_id, reference[0],
+                                                        rate)
+        return key_of_voice
+
+    def _ensure_clones(self, inp: SynthesizeInput, table: list[dict[str, str]]) -> None:
+        """Cloned voices of the table (a revision's, a retry's) registered on this worker."""
+        for row in table:
+            if ":clone:" in row["voice_key"]:
+                self._clone(inp, [], row["speaker_id"])
 
     def _line(self, inp: SynthesizeInput, script: list[dict[str, Any]], i: int,
               voice: str) -> tuple[Fit, np.ndarray]:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from temporalio import activity
 
 from activities._base import StageActivities, heartbeat, stage_activity
 from dubcore import subtitles
-from dubcore.contracts import TranscribeInput, TranscribeResult
+from dubcore.contracts import Stage, TranscribeInput, TranscribeResult
 from dubcore.errors import InvalidScriptError
 from dubcore.storage import get_json, put_json
 from engines import audio
 from engines.diarize import Turn
 from engines.transcribe import (
-    FasterWhisperTranscriber,
     Transcriber,
-    assemble_whisper_base,
     speaker_at,
     transcribe,
     transcript_to_json,
@@ -24,11 +20,8 @@ from engines.transcribe import (
 
 
 class TranscribeActivities(StageActivities):
-    @cached_property
-    def engine(self) -> Transcriber:
-        s = self._settings
-        model_dir = s.whisper_model_path or assemble_whisper_base(s.models_dir / "whisper-base")
-        return FasterWhisperTranscriber(model_dir, s.device, s.whisper_compute_type)
+    stage = Stage.TRANSCRIBE
+    engine: Transcriber
 
     @activity.defn(name="transcribe_speech")
     @stage_activity
@@ -43,7 +36,8 @@ class TranscribeActivities(StageActivities):
         transcript = transcribe(self.engine, speech[0], turns, language, heartbeat)
         put_json(self._store, key, transcript_to_json(transcript))
         return TranscribeResult(transcript_key=key, language=transcript.language,
-                                num_segments=len(transcript.segments), engine=self.engine.name)
+                                num_segments=len(transcript.segments), engine=self.engine.name,
+                                model=self.model)
 
     def _user_transcript(self, inp: TranscribeInput, turns: list[Turn], key: str
                          ) -> TranscribeResult:

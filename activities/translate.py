@@ -2,53 +2,47 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from temporalio import activity
 
 from activities._base import StageActivities, heartbeat, stage_activity
-from dubcore.contracts import TranslateInput, TranslateResult
+from dubcore.contracts import Stage, TranslateInput, TranslateResult
 from dubcore.languages import primary
 from dubcore.storage import get_json, put_json
-from dubcore.subtitles import parse_glossary
-from engines.translate import (
-    BergamotTranslator,
-    Translator,
-    mask_terms,
-    script_from_user,
-    unmask_terms,
-)
+from dubcore.subtitles import parse_glossary, parse_target_script
+from engines.translate import Translator, script_from_user
 
 
 class TranslateActivities(StageActivities):
-    @cached_property
-    def engine(self) -> Translator:
-        return BergamotTranslator()
+    stage = Stage.TRANSLATE
+    engine: Translator
 
     @activity.defn(name="translate_script")
     @stage_activity
     def translate_script(self, inp: TranslateInput) -> TranslateResult:
         source = get_json(self._store, inp.transcript_key)
         key = f"{inp.prefix}/script.json"
+        model = ""
         if inp.target_script_key:
-            script = script_from_user(get_json(self._store, inp.target_script_key), source)
+            # Checked at the door already; a bad file still fails typed, never retried.
+            raw = parse_target_script(self._store.get_bytes(inp.target_script_key))
+            script = script_from_user(raw, source)
             engine = "target-script"
         elif primary(inp.source_language) == primary(inp.target_language):
             script = [_target(s, s["text"]) for s in source]
             engine = "identity"
         else:
             texts = [s["text"] for s in source]
-            tokens: dict[str, str] = {}
+            terms: list[tuple[str, str]] = []
             if inp.glossary_key:
                 with self._store.local_path(inp.glossary_key) as path:
                     terms = parse_glossary(path.read_text(encoding="utf-8", errors="replace"))
-                texts, tokens = mask_terms(texts, terms)
-            texts = unmask_terms(self.engine.translate(texts, inp.source_language,
-                                                       inp.target_language, heartbeat), tokens)
+            texts = self.engine.translate(texts, inp.source_language, inp.target_language,
+                                          heartbeat, terms=terms)
             script = [_target(s, t) for s, t in zip(source, texts, strict=True)]
-            engine = self.engine.name
+            engine, model = self.engine.name, self.model
         put_json(self._store, key, script)
-        return TranslateResult(script_key=key, num_segments=len(script), engine=engine)
+        return TranslateResult(script_key=key, num_segments=len(script), engine=engine,
+                               model=model)
 
 
 def _target(source: dict[str, object], text: str) -> dict[str, object]:

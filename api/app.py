@@ -3,17 +3,24 @@ presigned URLs (served here only for the local storage backend)."""
 
 from __future__ import annotations
 
+from importlib.resources import files as package_files
+
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.auth import RateLimiter
+from api.auth import AuthThrottle, RateLimiter
 from api.deps import Services
 from api.idempotency import IdempotencyMiddleware
+from api.limits import BodySizeLimitMiddleware
+from api.metrics import install as install_metrics
 from api.routes import admin, discovery, dubbing, exports, files, jobs, review
 from dubcore.db import make_engine, make_sessionmaker
-from dubcore.settings import Settings, get_settings
-from dubcore.storage import make_store
+from dubcore.settings import Settings, checked_secret, get_settings
+from dubcore.storage import LocalStore, make_store
+from dubcore.tracing import configure_tracing
 
 DESCRIPTION = """
 Self-hostable video dubbing. Upload a source with a presigned PUT, start a job with one or
@@ -27,10 +34,10 @@ stored answer for 24 h, a different body is a 422, a request still running is a 
 settled on delivery, refunded on failure or cancel.
 """
 
-SCALAR_PAGE = """<!doctype html>
-<html><head><title>OpenDub API reference</title><meta charset="utf-8"/></head>
-<body><script id="api-reference" data-url="/api/openapi"></script>
-<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script></body></html>"""
+#: The reference UI (Swagger UI 5), served from the pinned ``fastapi-offline`` package: the
+#: page loads nothing from outside this API.
+DOCS_ASSETS_URL = "/docs/assets"
+DOCS_ASSETS_DIR = str(package_files("fastapi_offline").joinpath("static"))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,18 +45,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="OpenDub API", version="0.2.0", description=DESCRIPTION,
                   summary="Self-hostable video dubbing: upload, start, poll, download.",
                   openapi_url="/api/openapi", docs_url=None, redoc_url=None)
-    app.state.services = Services(settings=settings, store=make_store(settings),
+    checked_secret("DUB_ADMIN_TOKEN", settings.admin_token)  # unset disables /admin
+    store = make_store(settings)  # refuses local storage without a strong signing secret
+    if isinstance(store, LocalStore):
+        files.sweep_partial_uploads(store)
+    app.state.services = Services(settings=settings, store=store,
                                   sessions=make_sessionmaker(make_engine(settings)),
-                                  limiter=RateLimiter())
+                                  limiter=RateLimiter(),
+                                  throttle=AuthThrottle(settings.auth_failures_per_minute))
     errors.install(app)
     app.add_middleware(IdempotencyMiddleware)
+    # Outside idempotency and every route: an oversized body is refused before anything
+    # (authentication included) reads it.
+    app.add_middleware(BodySizeLimitMiddleware,
+                       max_body_bytes=settings.max_request_body_bytes)
+    install_metrics(app, settings)  # added last: outermost, so it sees every answer
+    configure_tracing(settings, "opendub-api")  # FastAPI then traces each request
     for module in (dubbing, jobs, review, exports, discovery, files, admin):
         app.include_router(module.router)
 
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        """Interactive reference (Scalar) over /api/openapi."""
-        return HTMLResponse(SCALAR_PAGE)
+        """Interactive reference (Swagger UI, local copy) over /api/openapi."""
+        return get_swagger_ui_html(
+            openapi_url="/api/openapi", title="OpenDub API reference",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no call to the online validator
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -50,13 +51,27 @@ def body(error: str, message: str) -> dict[str, str]:
     return {"error": error, "message": message}
 
 
+#: Retry-After (seconds) of a 503 whose error does not say how long to wait.
+DEFAULT_RETRY_AFTER_S = 5
+
+
 def error_response(err: e.DubbingError) -> JSONResponse:
-    headers = ({"Retry-After": str(err.retry_after_s)}
-               if isinstance(err, e.RateLimitedError) else None)
-    if isinstance(err, e.UnauthorizedError):
+    status = status_for(err)
+    headers: dict[str, str] | None = None
+    if isinstance(err, e.RateLimitedError):
+        headers = {"Retry-After": str(err.retry_after_s)}
+    elif status == 503:
+        retry_after_s = getattr(err, "retry_after_s", None) or DEFAULT_RETRY_AFTER_S
+        headers = {"Retry-After": str(retry_after_s)}
+    elif isinstance(err, e.UnauthorizedError):
         headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(body(err.type_name, err.message), status_code=status_for(err),
-                        headers=headers)
+    return JSONResponse(body(err.type_name, err.message), status_code=status, headers=headers)
+
+
+def internal_error_response() -> JSONResponse:
+    """What a client sees of a bug: the type and the traceback stay in the log."""
+    return JSONResponse(body("InternalError", "the server failed to handle this request; "
+                             "it was logged, and retrying may not help"), status_code=500)
 
 
 def install(app: FastAPI) -> None:
@@ -74,6 +89,23 @@ def install(app: FastAPI) -> None:
             where = ".".join(str(x) for x in item.get("loc", ()) if x != "body")
             parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
         return JSONResponse(body("ValidationError", "; ".join(parts)), status_code=422)
+
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    async def _database(request: Request, err: Exception) -> JSONResponse:
+        # No connection free in time, the server gone, SQLite busy: a state that passes.
+        log.warning("database unavailable in %s %s: %s", request.method, request.url.path,
+                    err)
+        return error_response(e.ServiceUnavailableError(
+            "the service is busy (its database did not answer in time); try again shortly"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware calls this for any exception nothing else
+        # handled, sends our answer, then re-raises for the server.
+        log.error("unhandled %s in %s %s", type(err).__name__, request.method,
+                  request.url.path, exc_info=err)
+        return internal_error_response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:

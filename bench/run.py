@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import statistics
 import sys
 import tempfile
@@ -95,7 +96,8 @@ def main() -> None:
     args = parser.parse_args()
     media_s = probe(args.sample).duration_ms / 1000
     with tempfile.TemporaryDirectory(prefix="opendub-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), model_cache_dir=Path(tmp) / "models")
+        settings = Settings(data_dir=Path(tmp), model_cache_dir=Path(tmp) / "models",
+                            signing_secret=secrets.token_urlsafe(32))
         make_store(settings).put_file("bench/source.mp4", args.sample, "video/mp4")
         with make_sessionmaker(make_engine(settings))() as s:
             accounts.create_tenant(s, "bench", minutes=1000)

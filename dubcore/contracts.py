@@ -72,6 +72,13 @@ class JobState(StrEnum):
 WORKFLOW_TASK_QUEUE = "dubbing-workflows"
 """Workflows are cheap and deterministic: one queue, served by every worker that runs them."""
 
+WEBHOOK_TASK_QUEUE = "dubbing-webhooks"
+"""Webhook deliveries: their own queue, served by a small thread pool of its own on every
+worker that runs workflows, so a receiver that hangs never takes a stage's slot."""
+WEBHOOK_ATTEMPT_TIMEOUT_S = 15.0
+"""Start-to-close budget of one delivery attempt: DNS, connect, send and read, each capped
+by the worker's ``webhook_timeout_s`` (default 5 s), plus the delivery row's writes."""
+
 
 def job_workflow_id(job_id: str) -> str:
     """The `DubbingJobWorkflow` of a job."""
@@ -209,6 +216,8 @@ class SeparateResult:
     engine: str
     speech_key: str = ""
     """The dialogue stem as 16 kHz mono: what diarization, ASR and voice matching hear."""
+    model: str = ""
+    """The model (``id@revision``) of the engine that made it (dubcore/registry.py)."""
 
 
 @dataclass
@@ -225,6 +234,8 @@ class DiarizeResult:
     """JSON list of {start_ms, end_ms, speaker_id}."""
     speaker_ids: list[str]
     engine: str
+    model: str = ""
+    """The model (``id@revision``) of the engine that made it (dubcore/registry.py)."""
 
 
 @dataclass
@@ -246,6 +257,8 @@ class TranscribeResult:
     language: str
     num_segments: int
     engine: str
+    model: str = ""
+    """The model (``id@revision``) of the engine that made it (dubcore/registry.py)."""
 
 
 @dataclass
@@ -266,6 +279,8 @@ class TranslateResult:
     """JSON list of target segments {index, start_ms, end_ms, text, speaker_id}."""
     num_segments: int
     engine: str
+    model: str = ""
+    """The model (``id@revision``) of the engine that made it (dubcore/registry.py)."""
 
 
 @dataclass
@@ -299,6 +314,8 @@ class SynthesizeResult:
     segments_over_bound: int = 0
     lines_synthesized: int = 0
     lines_reused: int = 0
+    model: str = ""
+    """The model (``id@revision``) of the engine that made it (dubcore/registry.py)."""
 
 
 @dataclass
@@ -316,6 +333,8 @@ class LipSyncResult:
     reason: str = ""
     video_key: str | None = None
     engine: str = "none"
+    model: str = ""
+    """The model (``id@revision``) of the engine that made it (dubcore/registry.py)."""
 
 
 @dataclass
@@ -351,6 +370,9 @@ class StageTiming:
     started_at: str
     duration_ms: int
     attempts: int = 1
+    engine: str = ""
+    """The engine that ran the stage, and its model (``id@revision``), where it has one."""
+    model: str = ""
 
 
 @dataclass
@@ -624,14 +646,33 @@ class ExportResult:
     file_name: str
 
 
+@dataclass(kw_only=True)
+class StatusSnapshot:
+    """Input of the ``record_status`` local activity: a workflow publishes its status (the
+    one its query answers) as stages start and end; status reads come from the copy."""
+
+    workflow_id: str
+    job_id: str
+    language: str | None = None
+    """None for the job's own workflow."""
+    at_ms: int
+    """Workflow time of the snapshot (milliseconds since the epoch)."""
+    seq: int
+    """Counts the workflow's snapshots; with ``at_ms`` a late, stale write loses."""
+    job: JobProgress | None = None
+    language_status: JobStatus | None = None
+
+
 EXPORT_ACTIVITY = "export_media"
 REVISE_UPDATE = "revise"
 APPROVE_UPDATE = "approve"
 
+RECORD_STATUS_ACTIVITY = "record_status"
+"""Local activity of the workflows: writes a `StatusSnapshot` to the status projection."""
 SETTLE_ACTIVITY = "settle_credits"
 WEBHOOK_ACTIVITY = "deliver_webhook"
-"""Account activities: they run on `WORKFLOW_TASK_QUEUE`, next to the workflows, on
-workers that reach the database."""
+"""Account activities, on workers that reach the database: settling runs on
+`WORKFLOW_TASK_QUEUE` next to the workflows, deliveries on `WEBHOOK_TASK_QUEUE`."""
 
 
 #: Activity name per stage (activities register under these names; fakes in tests too).

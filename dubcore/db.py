@@ -227,6 +227,27 @@ class Export(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class StatusProjection(Base):
+    """The last status a job's workflow published (one row per workflow: the job's own and
+    one per target language), written through a local activity as stages start and end.
+    Status reads come from here, so they answer without workers and without Temporal."""
+
+    __tablename__ = "status_projection"
+
+    workflow_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    language: Mapped[str | None] = mapped_column(String(35), default=None)
+    """None for the job's own workflow."""
+    state: Mapped[str] = mapped_column(String(20))
+    stage: Mapped[str | None] = mapped_column(String(20), default=None)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    """Workflow time of the snapshot; with ``seq`` it orders writes (a stale one loses)."""
+    seq: Mapped[int] = mapped_column(Integer)
+    status: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The snapshot as the workflow's status query would answer it (JSON of the dataclass)."""
+    updated_at: Mapped[datetime] = _ts(default=utcnow)
+
+
 def database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
@@ -237,7 +258,10 @@ def database_url(settings: Settings) -> str:
 def make_engine(settings: Settings, *, migrate: bool = True) -> Engine:
     """An engine on the configured database, migrated to the newest schema."""
     url = database_url(settings)
-    engine = create_engine(url, pool_pre_ping=True)
+    # As many connections as the API's worker threads can ask for at once (Starlette runs
+    # 40), so that a burst of requests queues for a thread, not for a connection.
+    engine = create_engine(url, pool_pre_ping=True, pool_size=settings.db_pool_size,
+                           max_overflow=settings.db_max_overflow)
     if url.startswith("sqlite"):
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn: Any, _record: Any) -> None:

@@ -1,9 +1,10 @@
-"""Which languages the configured default engines serve (data only, no engine imports),
-so the API can refuse an unserved language before a job starts."""
+"""Language and voice data of the engines (data only, no engine imports): what the engine
+registry (`dubcore.registry`) declares for each engine, so the API can list and check
+languages and voices without loading a model."""
 
 from __future__ import annotations
 
-from dubcore.errors import UnsupportedLanguageError
+from dataclasses import dataclass
 
 #: Whisper's languages (ISO 639-1), what the transcriber can hear.
 TRANSCRIBE_LANGUAGES = frozenset(
@@ -39,45 +40,81 @@ CLONE = "clone"
 default engines cannot, and keep the matched voice)."""
 
 
-def voice_catalog(language: str, tts_engine: str = "auto") -> list[dict[str, str]]:
-    """The voices that speak ``language``, best first: ``{voice_key, name, style, engine}``
-    (style is masculine or feminine, as in the speaker table)."""
-    tag, lang = language.lower(), primary(language)
-    espeak = ESPEAK_VOICES.get(tag) or ESPEAK_VOICES.get(lang)
+#: Coqui XTTS v2's languages (primary tags; its "zh-cn" is zh).
+XTTS_LANGUAGES = frozenset(
+    "en es fr de it pt pl tr ru nl cs ar zh ja hu ko hi".split())
+
+#: The stock speakers of XTTS v2's ``speakers_xtts.pth``, by gender. The release stores them
+#: grouped (15 female, 18 male, 15 female, 10 male, in this order); the file has no gender.
+_XTTS_FEMALE = (
+    "Claribel Dervla", "Daisy Studious", "Gracie Wise", "Tammie Ema", "Alison Dietlinde",
+    "Ana Florence", "Annmarie Nele", "Asya Anara", "Brenda Stern", "Gitta Nikolina",
+    "Henriette Usha", "Sofia Hellen", "Tammy Grit", "Tanja Adelina", "Vjollca Johnnie",
+    "Nova Hogarth", "Maja Ruoho", "Uta Obando", "Lidiya Szekeres", "Chandra MacFarland",
+    "Szofi Granger", "Camilla Holmström", "Lilya Stainthorpe", "Zofija Kendrick",
+    "Narelle Moon", "Barbora MacLean", "Alexandra Hisakawa", "Alma María", "Rosemary Okafor",
+    "Ige Behringer")
+_XTTS_MALE = (
+    "Andrew Chipper", "Badr Odhiambo", "Dionisio Schuyler", "Royston Min", "Viktor Eka",
+    "Abrahan Mack", "Adde Michal", "Baldur Sanjin", "Craig Gutsy", "Damien Black",
+    "Gilberto Mathias", "Ilkin Urbano", "Kazuhiko Atallah", "Ludvig Milivoj", "Suad Qasim",
+    "Torcull Diarmuid", "Viktor Menelaos", "Zacharie Aimilios", "Filip Traverse",
+    "Damjan Chapman", "Wulf Carlevaro", "Aaron Dreschner", "Kumar Dahl", "Eugenio Matarac\u0131",
+    "Ferran Simen", "Xavier Hayasaka", "Luis Moray", "Marcos Rudaski")
+#: Stock speaker -> "female" | "male" (what the catalog lists as ``xtts:<name>``; the
+#: worker reads the speakers its weights really hold and refuses any other).
+XTTS_STOCK_SPEAKERS: dict[str, str] = {**{n: "female" for n in _XTTS_FEMALE},
+                                       **{n: "male" for n in _XTTS_MALE}}
+
+_STYLE = {"male": "masculine", "female": "feminine"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Voice:
+    """One voice a speech engine offers (``voice_key`` is what the speaker table takes)."""
+
+    voice_key: str
+    name: str
+    style: str  # "masculine" | "feminine" | "cloned"
+    engine: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"voice_key": self.voice_key, "name": self.name, "style": self.style,
+                "engine": self.engine}
+
+
+def _voice(engine: str, key: str, name: str, style: str) -> Voice:
+    return Voice(voice_key=key, name=name, style=style, engine=engine)
+
+
+def kokoro_voices(language: str) -> list[Voice]:
+    if primary(language) not in KOKORO_LANGUAGES:
+        return []
+    return [_voice("kokoro", f"kokoro:{n}", n, _STYLE[g]) for n, g in KOKORO_VOICES]
+
+
+def piper_voices(language: str) -> list[Voice]:
+    return [_voice("piper", f"piper:{n}", n, _STYLE[g])
+            for n, g in PIPER_VOICES.get(primary(language), [])]
+
+
+def espeak_voices(language: str) -> list[Voice]:
+    espeak = ESPEAK_VOICES.get(language.lower()) or ESPEAK_VOICES.get(primary(language))
     if espeak is None:
         return []
-    style = {"male": "masculine", "female": "feminine"}
-    out: list[dict[str, str]] = []
-    if tts_engine in ("auto", "piper"):
-        out += [{"voice_key": f"piper:{n}", "name": n, "style": style[g], "engine": "piper"}
-                for n, g in PIPER_VOICES.get(lang, [])]
-    if tts_engine in ("auto", "kokoro") and lang in KOKORO_LANGUAGES:
-        out += [{"voice_key": f"kokoro:{n}", "name": n, "style": style[g], "engine": "kokoro"}
-                for n, g in KOKORO_VOICES]
-    out += [{"voice_key": f"espeak:{espeak}+{v}", "name": f"{espeak} {v}", "style": style[g],
-             "engine": "espeak-ng"} for v, g in ESPEAK_VARIANTS]
-    return out
+    return [_voice("espeak-ng", f"espeak:{espeak}+{v}", f"{espeak} {v}", _STYLE[g])
+            for v, g in ESPEAK_VARIANTS]
+
+
+def xtts_voices(language: str) -> list[Voice]:
+    """The cloned voice (each speaker's own, from the separated dialogue), then XTTS v2's
+    stock speakers."""
+    if primary(language) not in XTTS_LANGUAGES:
+        return []
+    return [_voice("xtts", CLONE, "the speaker's own voice (cloned)", "cloned"),
+            *(_voice("xtts", f"xtts:{n}", n, _STYLE[g]) for n, g in XTTS_STOCK_SPEAKERS.items())]
 
 
 def primary(tag: str) -> str:
     """'pt-BR' -> 'pt'."""
     return tag.split("-")[0].lower()
-
-
-def check_job_languages(source: str, target: str, has_target_script: bool) -> None:
-    """Raise UnsupportedLanguageError when no engine chain serves source -> target."""
-    src, tgt = primary(source), primary(target)
-    if source != "auto" and src not in TRANSCRIBE_LANGUAGES:
-        raise UnsupportedLanguageError(f"source language {source!r} cannot be transcribed")
-    if tgt not in SYNTHESIS_LANGUAGES:
-        raise UnsupportedLanguageError(f"no speech engine speaks {target!r}")
-    if has_target_script or (source != "auto" and src == tgt):
-        return
-    sources = sorted({a for a, b in TRANSLATION_PAIRS if b == tgt})
-    if not sources:
-        raise UnsupportedLanguageError(
-            f"no offline translation into {target!r}; supply a target script instead")
-    if source != "auto" and src not in sources:
-        raise UnsupportedLanguageError(
-            f"no offline translation {source!r} -> {target!r} (into {target!r} only from "
-            f"{', '.join(sources)}); supply a target script instead")

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from dubcore.errors import InvalidScriptError
-from dubcore.languages import CLONE, voice_catalog
+from dubcore.languages import CLONE
 
 MAX_SEGMENT_CHARS = 2000
 EDITABLE = ("text", "speaker_id", "start_ms", "end_ms")
@@ -68,10 +68,10 @@ def apply_edits(script: list[dict[str, Any]], edits: list[dict[str, Any]],
 
 
 def voice_changes(speakers: list[dict[str, Any]], wanted: dict[str, str], language: str,
-                  tts_engine: str) -> dict[str, str]:
-    """The speakers whose voice really changes, checked against the voice catalog."""
+                  catalog: set[str]) -> dict[str, str]:
+    """The speakers whose voice really changes, checked against the voice keys of the
+    configured speech engines (``registry.catalog(settings).voice_keys(language)``)."""
     current = {s["speaker_id"]: s["voice_key"] for s in speakers}
-    catalog = {v["voice_key"] for v in voice_catalog(language, tts_engine)}
     out: dict[str, str] = {}
     for speaker, voice in wanted.items():
         if speaker not in current:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from dubcore.errors import BadInputError, NotFoundError, StorageError
-from dubcore.settings import Settings
+from dubcore.settings import Settings, require_secret
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +357,10 @@ class S3Store:
 
 
 def make_store(settings: Settings) -> ObjectStore:
+    """The configured store; with the local backend, `ConfigurationError` when the signing
+    secret is missing or weak (anyone knowing it could read and write every object)."""
     if settings.storage_backend == "s3":
         return S3Store.from_settings(settings)
-    return LocalStore(settings.objects_dir, settings.signing_secret, settings.public_base_url)
+    secret = require_secret("DUB_SIGNING_SECRET", settings.signing_secret,
+                            "the local storage backend signs its file URLs with it")
+    return LocalStore(settings.objects_dir, secret, settings.public_base_url)

@@ -113,3 +113,55 @@ def parse_glossary(content: str) -> list[tuple[str, str]]:
     if not terms:
         raise InvalidScriptError("the glossary has no terms")
     return terms
+
+
+SUBTITLE_TYPES = ("application/x-subrip", "text/vtt")
+
+
+def decode_text(raw: bytes, what: str) -> str:
+    """An uploaded side file as text (UTF-8, with or without a byte-order mark)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InvalidScriptError(f"the {what} is not UTF-8 text") from e
+
+
+def parse_target_script(raw: bytes, content_type: str = "") -> list[dict[str, Any]]:
+    """A bring-your-own target script: JSON segments, a list (or ``{"segments": [...]}``)
+    of ``{start_ms, end_ms, text[, speaker_id]}``. Subtitles are refused with a message
+    that says so (a target script replaces the translation line for line, so its lines
+    need the timing and, where given, the speaker of each one). Segments come back sorted
+    by start, ``speaker_id`` None where the script names none."""
+    content = decode_text(raw, "target script").strip()
+    if content_type in SUBTITLE_TYPES or (not content.startswith(("[", "{"))
+                                          and "-->" in content):
+        raise InvalidScriptError(
+            "the target script is subtitles (SRT / WebVTT); a target script is JSON: a "
+            "list of {start_ms, end_ms, text, speaker_id} segments. Convert it, or send "
+            "subtitles of the source speech as transcript_upload_id")
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise InvalidScriptError(f"the target script is not valid JSON ({e}); it is a list "
+                                 "of {start_ms, end_ms, text, speaker_id} segments") from e
+    items = data.get("segments") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise InvalidScriptError("the target script must be a non-empty JSON list of segments")
+    out: list[dict[str, Any]] = []
+    for i, seg in enumerate(items):
+        if not isinstance(seg, dict):
+            raise InvalidScriptError(f"segment {i} of the target script is not an object")
+        try:
+            start, end = int(seg["start_ms"]), int(seg["end_ms"])
+            text = str(seg["text"]).strip()
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidScriptError(
+                f"segment {i} of the target script needs start_ms, end_ms and text") from e
+        if start < 0 or end <= start:
+            raise InvalidScriptError(f"segment {i} of the target script ends before it starts")
+        if not text:
+            raise InvalidScriptError(f"segment {i} of the target script has no text")
+        speaker = seg.get("speaker_id")
+        out.append({"start_ms": start, "end_ms": end, "text": text,
+                    "speaker_id": str(speaker) if speaker else None})
+    return sorted(out, key=lambda s: s["start_ms"])

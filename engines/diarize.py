@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from dubcore.errors import ConfigurationError, NoSpeechError
+
+if TYPE_CHECKING:
+    from dubcore.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +152,8 @@ class VadEmbeddingDiarizer:
 
 def turns_to_json(turns: list[Turn]) -> list[dict[str, Any]]:
     return [asdict(t) for t in turns]
+
+
+def load(settings: Settings) -> VadEmbeddingDiarizer:
+    """The registry's loader (dubcore/registry.py)."""
+    return VadEmbeddingDiarizer(settings.diarize_threshold, settings.device)

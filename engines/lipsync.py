@@ -4,9 +4,13 @@ Wav2Lip-class model, weights from a configured path) plugs in behind ``LipSyncEn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from dubcore.settings import Settings
 
 
 @dataclass
@@ -19,7 +23,11 @@ class LipSyncOutcome:
 class LipSyncEngine(Protocol):
     name: str
 
-    def sync(self, video: Path, speech: Path, out: Path) -> LipSyncOutcome: ...
+    def sync(self, video: Path, speech: Path, out: Path,
+             progress: Callable[[float], None] | None = None) -> LipSyncOutcome:
+        """Re-time the mouths of ``video`` to ``speech`` (the dub) into ``out``; or say
+        why not (skipped, with the reason). ``progress`` gets fractions 0..1."""
+        ...
 
 
 class NoLipSync:
@@ -28,5 +36,11 @@ class NoLipSync:
     def __init__(self, reason: str) -> None:
         self._reason = reason
 
-    def sync(self, video: Path, speech: Path, out: Path) -> LipSyncOutcome:
+    def sync(self, video: Path, speech: Path, out: Path,
+             progress: Callable[[float], None] | None = None) -> LipSyncOutcome:
         return LipSyncOutcome(skipped=True, reason=self._reason)
+
+
+def load_none(settings: Settings) -> NoLipSync:
+    return NoLipSync("no lip-sync engine is configured on this deployment "
+                     "(DUB_LIPSYNC_ENGINE=none); the original video is kept")

@@ -46,17 +46,34 @@ def decode_audio(path: Path, rate_hz: int, channels: int) -> np.ndarray:
     return np.concatenate(chunks, axis=1).astype(np.float32)
 
 
+#: The largest factor one atempo filter takes well (FFmpeg chains stages for more).
+_ATEMPO_STAGE_MAX = 2.0
+
+
 def time_stretch(audio: np.ndarray, rate_hz: int, speed: float) -> np.ndarray:
-    """Make mono ``audio`` ``speed`` times faster without changing pitch (FFmpeg atempo)."""
+    """Make mono ``audio`` ``speed`` times faster without changing pitch (FFmpeg atempo,
+    in stages of at most 2x, so any factor works)."""
     if abs(speed - 1.0) < 1e-3:
         return audio
+    stages: list[float] = []
+    rest = speed
+    while rest > _ATEMPO_STAGE_MAX:
+        stages.append(_ATEMPO_STAGE_MAX)
+        rest /= _ATEMPO_STAGE_MAX
+    while rest < 1 / _ATEMPO_STAGE_MAX:
+        stages.append(1 / _ATEMPO_STAGE_MAX)
+        rest *= _ATEMPO_STAGE_MAX
+    stages.append(rest)
     graph = av.filter.Graph()
     src = graph.add_abuffer(format="flt", sample_rate=rate_hz, layout="mono",
                             time_base=Fraction(1, rate_hz))
-    tempo = graph.add("atempo", f"{speed:.5f}")
+    last = src
+    for stage in stages:
+        tempo = graph.add("atempo", f"{stage:.5f}")
+        last.link_to(tempo)
+        last = tempo
     sink = graph.add("abuffersink")
-    src.link_to(tempo)
-    tempo.link_to(sink)
+    last.link_to(sink)
     graph.configure()
     frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio.reshape(1, -1),
                                                             dtype=np.float32),

@@ -11,11 +11,14 @@ import ctypes
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from dubcore.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dubcore.settings import Settings
 
 SAMPLE_RATE_HZ = 48_000  # DeepFilterNet3 runs at 48 kHz only
 ALGORITHMIC_DELAY = 1_440  # samples (30 ms) the model lags its input by
@@ -97,3 +100,8 @@ class DeepFilterSeparator:
 
             dialogue[ch] = self._enhance(audio[ch], channel_progress)
         return dialogue, audio - dialogue
+
+
+def load(settings: Settings) -> DeepFilterSeparator:
+    """The registry's loader (dubcore/registry.py): the weights ship in the package."""
+    return DeepFilterSeparator()

@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from dubcore.languages import (
     KOKORO_VOICES,
     primary,
 )
+
+if TYPE_CHECKING:
+    from dubcore.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +272,22 @@ class PiperEngine:
 class SpeechRouter:
     """Several engines behind one: voices from all, each call routed by the voice key."""
 
-    name = "auto"
-
     def __init__(self, engines: list[SpeechEngine]) -> None:
         self._engines = {e.name: e for e in engines}
+        self.name = " + ".join(self._engines)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._engines)
+
+    def cloner(self, language: str) -> Any | None:
+        """A loaded engine that clones voices in ``language`` (``register_clone_audio``),
+        or None."""
+        for engine in self._engines.values():
+            if getattr(engine, "can_clone", False) and primary(language) in getattr(
+                    engine, "languages", ()):
+                return engine
+        return None
 
     def engine_for(self, voice: str) -> SpeechEngine:
         engine = self._engines.get(voice.split(":", 1)[0])
@@ -316,3 +331,15 @@ def assign_voices(speaker_f0: dict[str, float | None], voices: list[Voice]
         table.append({"speaker_id": speaker, "voice_key": voice.key,
                       "style": f"{voice.gender}, {voice.style} ({pitch})"})
     return table
+
+
+def load_kokoro(settings: Settings) -> KokoroEngine:
+    return KokoroEngine(settings.models_dir / "kokoro")
+
+
+def load_piper(settings: Settings) -> PiperEngine:
+    return PiperEngine()
+
+
+def load_espeak(settings: Settings) -> EspeakEngine:
+    return EspeakEngine()

@@ -89,28 +89,78 @@ def place(fits: list[Fit], clips: list[np.ndarray], duration_ms: int,
 
     ``pinned`` (per line, or None) is where a revision keeps an unchanged line: at its
     previous start, unless the line before it now runs into it (then it shifts as usual).
-    So an edit changes the audio of the edited line only, as long as it fits its room."""
+    So an edit changes the audio of the edited line only, as long as it fits its room.
+
+    When the lines run past the end of the media, the run of lines that pushed each other
+    there is squeezed by one common factor, from the earliest line of that run that leaves
+    it at most ``MAX_END_SQUEEZE`` (or from the first line), so the overrun is shared by
+    the lines that caused it instead of crushing the last one."""
     total = round(duration_ms * rate_hz / 1000)
     track = np.zeros(total, dtype=np.float32)
-    cursor_ms = 0
+    starts = [fit.start_ms if pinned is None or pinned[i] is None else int(pinned[i] or 0)
+              for i, fit in enumerate(fits)]
+    lengths = [round(1000 * clip.size / rate_hz) for clip in clips]
+    placed = _lay(starts, lengths)
+    squeeze_from, factor = _end_squeeze(starts, lengths, placed, duration_ms)
     for i, (fit, clip) in enumerate(zip(fits, clips, strict=True)):
-        at = pinned[i] if pinned is not None else None
-        start_ms = max(fit.start_ms if at is None else at, cursor_ms)
-        length_ms = round(1000 * clip.size / rate_hz)
-        if start_ms + length_ms > duration_ms:  # the media ends: squeeze, never cut
-            available = max(duration_ms - start_ms, 1)
-            if length_ms > available:
-                clip = time_stretch(clip, rate_hz, length_ms / available)
-                fit.over_bound = True
-                fit.stretch = round(fit.stretch * length_ms / available, 3)
-                length_ms = round(1000 * clip.size / rate_hz)
+        if i >= squeeze_from and factor > 1.0:
+            clips[i] = clip = time_stretch(clip, rate_hz, factor)
+            lengths[i] = round(1000 * clip.size / rate_hz)
+            fit.over_bound = True
+            fit.stretch = round(fit.stretch * factor, 3)
+    placed = _lay(starts, lengths)
+    for fit, clip, start_ms, length_ms in zip(fits, clips, placed, lengths, strict=True):
         a = round(start_ms * rate_hz / 1000)
         b = min(total, a + clip.size)
-        track[a:b] += clip[: b - a]
+        if b > a:
+            track[a:b] += clip[: b - a]
         fit.placed_start_ms = start_ms
         fit.placed_end_ms = start_ms + length_ms
         fit.final_ms = length_ms
         fit.shift_ms = start_ms - fit.start_ms
         fit.overflow_ms = max(0, fit.placed_end_ms - fit.end_ms)
-        cursor_ms = fit.placed_end_ms + GAP_AFTER_SHIFT_MS
     return track
+
+
+#: The most the lines at the end of the media are squeezed together before earlier lines
+#: share the overrun too (beyond the timing policy's bound: only there, rather than a cut).
+MAX_END_SQUEEZE = 2.0
+END_MARGIN_MS = 50  # the squeezed run ends this much before the media does
+
+
+def _lay(starts: list[int], lengths: list[int]) -> list[int]:
+    """Where each line starts: at its own start, or after the one before it ran out."""
+    placed, cursor = [], 0
+    for start, length in zip(starts, lengths, strict=True):
+        at = max(start, cursor)
+        placed.append(at)
+        cursor = at + length + GAP_AFTER_SHIFT_MS
+    return placed
+
+
+def _end_squeeze(starts: list[int], lengths: list[int], placed: list[int],
+                 duration_ms: int) -> tuple[int, float]:
+    """(first line to squeeze, factor): (len, 1.0) when everything ends in time."""
+    n = len(lengths)
+    if n == 0 or placed[-1] + lengths[-1] <= duration_ms:
+        return n, 1.0
+    factor, k = float("inf"), n - 1
+    for k in range(n - 1, -1, -1):
+        # Lines before k keep their places, so the run from k starts where k is laid now.
+        room = duration_ms - placed[k] - GAP_AFTER_SHIFT_MS * (n - 1 - k)
+        factor = sum(lengths[k:]) / room if room > 0 else float("inf")
+        if factor <= MAX_END_SQUEEZE:
+            break
+    if factor == float("inf"):  # not even the first line's start leaves room for gaps
+        factor = sum(lengths) / max(1, duration_ms - placed[0])
+    # The lines' own starts may still hold them apart: tighten until the last one ends in time.
+    squeezed = lengths[:k] + [max(1, int(length / factor)) for length in lengths[k:]]
+    while factor < 1e4:
+        laid = _lay(starts, squeezed)
+        # atempo's output length is within a few ms of length / factor: keep a margin.
+        over = laid[-1] + squeezed[-1] - (duration_ms - END_MARGIN_MS)
+        if over <= 0:
+            break
+        factor *= 1.0 + over / max(1, sum(squeezed[k:]))
+        squeezed = lengths[:k] + [max(1, int(length / factor)) for length in lengths[k:]]
+    return k, max(1.0, factor)

@@ -10,16 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from dubcore.errors import ConfigurationError, NoSpeechError, UnsupportedLanguageError
 from engines.diarize import Turn
+
+if TYPE_CHECKING:
+    from dubcore.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,22 @@ def assemble_whisper_base(cache_dir: Path) -> Path:
     return cache_dir
 
 
+def words_of_segments(segments: Iterable[Any], duration_s: float,
+                      progress: Callable[[float], None] | None = None) -> list[Word]:
+    """The words of faster-whisper's segments (``word_timestamps=True``), in milliseconds;
+    after each segment, the share of ``duration_s`` decoded so far goes to ``progress``.
+    ``segments`` may be faster-whisper's generator: decoding happens as it is read."""
+    total_s = max(duration_s, 1e-3)
+    words: list[Word] = []
+    for seg in segments:
+        for w in seg.words or []:
+            words.append(Word(round(w.start * 1000), round(w.end * 1000), w.word,
+                              round(float(w.probability), 3)))
+        if progress:
+            progress(min(1.0, seg.end / total_s))
+    return words
+
+
 class FasterWhisperTranscriber:
     name = "faster-whisper"
 
@@ -109,14 +128,7 @@ class FasterWhisperTranscriber:
         segments, info = self._model.transcribe(
             audio, language=language, word_timestamps=True, vad_filter=True,
             vad_parameters={"min_silence_duration_ms": 500}, beam_size=5)
-        total_s = max(info.duration, 1e-3)
-        words: list[Word] = []
-        for seg in segments:  # a generator: decoding happens here
-            for w in seg.words or []:
-                words.append(Word(round(w.start * 1000), round(w.end * 1000), w.word,
-                                  round(float(w.probability), 3)))
-            if progress:
-                progress(min(1.0, seg.end / total_s))
+        words = words_of_segments(segments, info.duration, progress)
         return info.language, float(info.language_probability), words
 
 
@@ -167,3 +179,11 @@ def transcribe(engine: Transcriber, audio: np.ndarray, turns: list[Turn], langua
 
 def transcript_to_json(t: Transcript) -> list[dict[str, Any]]:
     return [asdict(s) for s in t.segments]
+
+
+def load(settings: Settings) -> FasterWhisperTranscriber:
+    """The registry's loader: ``DUB_WHISPER_MODEL_PATH``, else Whisper base assembled from
+    its PyPI packages into the model directory."""
+    model_dir = (settings.whisper_model_path
+                 or assemble_whisper_base(settings.models_dir / "whisper-base"))
+    return FasterWhisperTranscriber(model_dir, settings.device, settings.whisper_compute_type)

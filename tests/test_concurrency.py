@@ -11,6 +11,8 @@ from typing import TypeVar
 
 from temporalio.testing import WorkflowEnvironment
 
+from dubcore import accounts
+from dubcore.db import make_engine, make_sessionmaker
 from stack.client import ApiError, DubClient
 from tests.stack import running_stack
 
@@ -66,6 +68,18 @@ async def test_concurrent_starts_never_overspend_or_double_start(
                 assert await _balance(api2) == 9
                 await asyncio.to_thread(api2._http.post, f"/v1/jobs/{job}/cancel")
 
+            # The same request sent several times at once (a client retrying): one job
+            # started, charged once, whichever request answers 202.
+            key3 = stack.new_tenant("twin", minutes=5)
+            with DubClient(stack.api_url, key3) as api3:
+                twin = await asyncio.to_thread(api3.upload, sample_video)
+                same = await _together(lambda _: _start(api3, twin), list(range(4)))
+                assert 202 in same and set(same) <= {202, 409}, same
+                assert await _balance(api3) == 4
+                await asyncio.to_thread(api3._http.post, f"/v1/jobs/{twin}/cancel")
+                await asyncio.to_thread(api3.wait, twin, None, 0.3, 120)
+                assert await _balance(api3) == 5
+
             # Cancelling refunds exactly what was reserved.
             for job_id in started:
                 await asyncio.to_thread(api._http.post, f"/v1/jobs/{job_id}/cancel")
@@ -75,3 +89,6 @@ async def test_concurrent_starts_never_overspend_or_double_start(
             with DubClient(stack.api_url, key2) as api2:
                 await asyncio.to_thread(api2.wait, job, None, 0.3, 120)
                 assert await _balance(api2) == 10
+            # The ledger explains every balance; nothing is left held.
+            with make_sessionmaker(make_engine(stack.settings))() as s:
+                assert accounts.audit(s) == []

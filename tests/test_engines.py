@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -189,16 +190,22 @@ def test_long_segments_are_split_not_truncated(bergamot) -> None:  # type: ignor
     assert out.count("medimos") == 12  # every sentence made it through
 
 
-def test_user_script_validation() -> None:
+def test_user_script_speakers() -> None:
+    from dubcore.subtitles import parse_target_script
     from engines.translate import script_from_user
 
-    source = [{"start_ms": 0, "end_ms": 1000, "text": "hi", "speaker_id": "S2"}]
-    ok = script_from_user([{"start_ms": 100, "end_ms": 900, "text": "olá"}], source)
-    assert ok[0]["speaker_id"] == "S2" and ok[0]["text"] == "olá"
+    source = [{"start_ms": 0, "end_ms": 1000, "text": "hi", "speaker_id": "S2"},
+              {"start_ms": 1000, "end_ms": 2000, "text": "yo", "speaker_id": "S1"}]
+    parsed = parse_target_script(json.dumps([
+        {"start_ms": 1100, "end_ms": 1900, "text": "e aí", "speaker_id": "S7"},
+        {"start_ms": 100, "end_ms": 900, "text": "olá"}]).encode())
+    ok = script_from_user(parsed, source)
+    assert [(s["index"], s["text"], s["speaker_id"]) for s in ok] == [
+        (0, "olá", "S2"), (1, "e aí", "S7")]
     for bad in ([], [{"start_ms": 5, "end_ms": 1}], [{"start_ms": 0, "end_ms": 9, "text": " "}],
                 ["x"]):
         with pytest.raises(InvalidScriptError):
-            script_from_user(bad, source)
+            parse_target_script(json.dumps(bad).encode())
 
 
 # ---- speech (Kokoro, Piper, espeak-ng) -----------------------------------------------------

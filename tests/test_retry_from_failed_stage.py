@@ -12,13 +12,12 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.account import AccountActivities
 from dubcore import accounts, jobs
 from dubcore.contracts import STAGES, JobRequest, JobState, Stage
 from dubcore.db import make_engine, make_sessionmaker
 from dubcore.errors import BadInputError, CorruptMediaError, InvalidScriptError
 from dubcore.settings import Settings
-from tests.fakes import FakeStages
+from tests.fakes import FakeStages, workflow_activities
 from workflows.dubbing import DubbingWorkflow
 from workflows.job import DubbingJobWorkflow
 
@@ -43,11 +42,10 @@ async def test_retry_reruns_only_the_failed_stage_and_after(
     with sessions() as s:
         accounts.create_tenant(s, "acme", minutes=5)
         accounts.reserve(s, "acme", req.job_id, ["pt-BR"], 2)
-    account = AccountActivities(sessions, Settings())
     with ThreadPoolExecutor(4) as pool:
         async with Worker(client, task_queue=queue,
                           workflows=[DubbingJobWorkflow, DubbingWorkflow],
-                          activities=[*fakes.activities(), account.settle_credits],
+                          activities=[*fakes.activities(), *workflow_activities(sessions)],
                           activity_executor=pool):
             handle = await client.start_workflow(
                 DubbingJobWorkflow.run, req, id=jobs.job_workflow_id(req.job_id),
@@ -58,7 +56,8 @@ async def test_retry_reruns_only_the_failed_stage_and_after(
             with sessions() as s:
                 assert accounts.balance(s, "acme") == 5  # refunded
 
-            targets = await jobs.failed_workflows(client, req.job_id)
+            with sessions() as s:
+                targets = jobs.failed_workflows(s, req.job_id)
             expected_wf = (jobs.language_workflow_id(req.job_id, "pt-BR")
                            if failing is Stage.TRANSLATE else jobs.job_workflow_id(req.job_id))
             assert [t[0] for t in targets] == [expected_wf]

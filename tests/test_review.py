@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dubcore import registry
 from dubcore.contracts import (
     JobProgress,
     JobState,
@@ -14,6 +15,7 @@ from dubcore.contracts import (
 )
 from dubcore.errors import ConflictError, InvalidScriptError, NoChangeError, NotFoundError
 from dubcore.review import apply_edits, edit_key, voice_changes
+from dubcore.settings import Settings
 
 SCRIPT = [{"index": 0, "start_ms": 0, "end_ms": 1000, "text": "Olá.", "speaker_id": "S1",
            "source_text": "Hi."},
@@ -45,12 +47,16 @@ def test_bad_edits_are_refused(edit: dict[str, object], message: str) -> None:
 
 def test_voice_changes_are_checked_against_the_catalog() -> None:
     speakers = [{"speaker_id": "S1", "voice_key": "espeak:pt-br+m3", "style": ""}]
-    assert voice_changes(speakers, {"S1": "espeak:pt-br+m3"}, "pt-BR", "espeak") == {}
-    assert voice_changes(speakers, {"S1": "clone"}, "pt-BR", "espeak") == {"S1": "clone"}
+    espeak = registry.catalog(Settings(synthesize_engine="espeak")).voice_keys("pt-BR")
+    auto = registry.catalog(Settings()).voice_keys("pt-BR")
+    assert voice_changes(speakers, {"S1": "espeak:pt-br+m3"}, "pt-BR", espeak) == {}
+    assert voice_changes(speakers, {"S1": "clone"}, "pt-BR", espeak) == {"S1": "clone"}
     with pytest.raises(InvalidScriptError, match="does not speak"):
-        voice_changes(speakers, {"S1": "piper:en_US-joe-medium"}, "pt-BR", "auto")
+        voice_changes(speakers, {"S1": "piper:en_US-joe-medium"}, "pt-BR", auto)
+    with pytest.raises(InvalidScriptError, match="does not speak"):
+        voice_changes(speakers, {"S1": "kokoro:jm_kumo"}, "pt-BR", espeak)
     with pytest.raises(InvalidScriptError, match="not one of"):
-        voice_changes(speakers, {"S7": "clone"}, "pt-BR", "auto")
+        voice_changes(speakers, {"S7": "clone"}, "pt-BR", auto)
 
 
 def _progress(*states: JobState, review_open: bool = True) -> JobProgress:

@@ -5,6 +5,7 @@ response must match the documented schema."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,16 +39,18 @@ def temporal_address() -> Iterator[str]:
 def test_no_server_error_and_every_response_matches_the_schema(
         tmp_path: Path, temporal_address: str) -> None:
     port = devserver.free_port()
+    admin_token = secrets.token_urlsafe(32)
     settings = Settings(data_dir=tmp_path, temporal_address=temporal_address, api_port=port,
-                        public_base_url=f"http://127.0.0.1:{port}", admin_token="op-secret",
-                        rate_limit_per_minute=1_000_000, rate_limit_burst=1_000_000)
+                        public_base_url=f"http://127.0.0.1:{port}", admin_token=admin_token,
+                        rate_limit_per_minute=1_000_000, rate_limit_burst=1_000_000,
+                        auth_failures_per_minute=1_000_000)
     with make_sessionmaker(make_engine(settings))() as s:
         key = accounts.create_tenant(s, "fuzz", minutes=100_000)[1]
     with api_server(settings) as url:
         run = subprocess.run(
             [str(SCHEMATHESIS), "run", f"{url}/api/openapi",
              "--checks", "not_a_server_error,response_schema_conformance",
-             "-H", f"X-API-Key: {key}", "-H", "X-Admin-Token: op-secret",
+             "-H", f"X-API-Key: {key}", "-H", f"X-Admin-Token: {admin_token}",
              "--max-examples", "20", "--generation-deterministic",
              "--request-timeout", "30", "--suppress-health-check", "all"],
             capture_output=True, text=True, timeout=900, cwd=tmp_path)

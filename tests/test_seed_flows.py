@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import subprocess
 import threading
 import time
@@ -29,11 +30,13 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
+from dubcore.contracts import STAGES, Stage
 from engines import media
 from stack.client import DubClient
-from tests.stack import Stack, running_stack
+from tests.stack import ENGINE_ENVS, Stack, engine_env_python, engine_worker, running_stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.models]
+pytestmark = [pytest.mark.e2e, pytest.mark.models, pytest.mark.engine_envs]
+FACE_VIDEO = Path(__file__).resolve().parent.parent / "samples" / "face_en.mp4"
 
 SRT = """1
 00:00:00,430 --> 00:00:01,950
@@ -85,11 +88,17 @@ async def finished(dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPa
                    sample_video: Path) -> AsyncIterator[Finished]:
     """The voicechangerapi flow, kept for the flows that start from a finished dub."""
     data = tmp_path_factory.mktemp("seeds")
-    # source_url goes to a server on this machine: allowed here (refused by default).
+    # source_url goes to a server on this machine: allowed here (refused by default). The
+    # lip-sync stage runs on its own queue, in a worker of the cpu-lipsync environment.
     async with running_stack(dev_env.client, data / "data",
-                             allow_private_source_urls=True) as stack:
-        with httpx.Client(base_url=stack.api_url,
-                          headers={"X-API-Key": stack.api_key}, timeout=60) as http:
+                             outbound_allowed_networks=["127.0.0.0/8", "::1/128"],
+                             queue_mode="per_stage", lipsync_engine="mediapipe-mesh",
+                             worker_stages=[s for s in STAGES if s != Stage.LIPSYNC]
+                             ) as stack:
+        with engine_worker(stack.settings, "cpu-lipsync", ["lipsync"], data / "lipsync.log",
+                           DUB_LIPSYNC_ENGINE="mediapipe-mesh"), \
+                httpx.Client(base_url=stack.api_url,
+                             headers={"X-API-Key": stack.api_key}, timeout=60) as http:
             # 1. Request a dubbing slot: presigned PUT and a waiting_upload job.
             size = sample_video.stat().st_size
             slot = _ok(await asyncio.to_thread(
@@ -291,7 +300,8 @@ async def test_subclip_transcript_upload_chunks_and_download(
 
 
 async def test_lipdub_video_plus_audio_generate_and_download(
-        finished: Finished, tmp_path: Path, sample_video: Path) -> None:
+        finished: Finished, tmp_path: Path) -> None:
+    sample_video = FACE_VIDEO  # a real face on screen: the lip-sync has a mouth to move
     track = tmp_path / "spanish.wav"
     subprocess.run(["espeak-ng", "-v", "es", "-w", str(track),
                     "Hola, bienvenidos de nuevo al taller. Hoy construimos una estantería."],
@@ -321,7 +331,10 @@ async def test_lipdub_video_plus_audio_generate_and_download(
     lang = done["languages"][0]
     assert [s["stage"] for s in done["stages"]] == ["probe"]  # nothing heard or translated
     assert [s["stage"] for s in lang["stages"]] == ["probe", "lipsync", "mix"]
-    assert lang["result"]["lipsync"]["skipped"]  # no lip-sync engine on this machine
+    lipsync = lang["result"]["lipsync"]
+    assert lipsync == {"skipped": False, "reason": "", "engine": "mediapipe-mesh"}, lipsync
+    timing = {t["stage"]: t for t in lang["stages"]}["lipsync"]
+    assert (timing["engine"], timing["model"]) == ("mediapipe-mesh", "mediapipe/face_mesh@0.10.21")
     assert no_script.status_code == 409
     src, dub = media.probe(sample_video), media.probe(out)
     assert dub.has_video and (dub.width, dub.height) == (src.width, src.height)
@@ -332,6 +345,20 @@ async def test_lipdub_video_plus_audio_generate_and_download(
     loud = np.sqrt(np.mean(heard[: spoken * 16] ** 2))
     after = np.sqrt(np.mean(heard[(spoken + 500) * 16:] ** 2))
     assert loud > 0.02 and after < loud / 100
+    # The mouth moves with the new track, measured by the face mesh on the result; the
+    # source's mouth does not; outside the mouth nothing changed.
+    run = await asyncio.to_thread(
+        subprocess.run, [str(engine_env_python("cpu-lipsync")), "-m", "bench.lipsync",
+                         "--measure", str(sample_video), str(out), str(track)],
+        cwd=ENGINE_ENVS.parent, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.splitlines()[-1])
+    print("lip-sync on the LipDub flow:", figures)
+    assert figures["frames"] == figures["source_frames"]
+    assert dub.fps == src.fps
+    assert figures["faces_found"] >= 0.95 * figures["frames"]
+    assert figures["r_output"] >= 0.5 and abs(figures["r_source"]) < 0.3, figures
+    assert figures["psnr_outside_mouth_db"] >= 40.0, figures
 
 
 async def test_a_time_range_dubs_and_returns_only_that_part(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Store:
 
 @pytest.fixture
 def local(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path / "objects", "secret", "http://127.0.0.1:9")
+    return LocalStore(tmp_path / "objects", secrets.token_urlsafe(32), "http://127.0.0.1:9")
 
 
 @pytest.fixture(params=["local", "s3"])

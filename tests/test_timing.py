@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from dubcore.contracts import TimingPolicy
@@ -76,3 +78,31 @@ def test_a_revision_keeps_unchanged_lines_where_they_were() -> None:
     longer = [_fit(0, 0, 1000), _fit(1, 1200, 2000)]
     place(longer, [np.ones(2 * RATE, np.float32), clip1], 4000, RATE, [None, 1580])
     assert longer[1].placed_start_ms == 2000 + 80
+
+
+def test_lines_pushed_past_the_end_share_the_squeeze_and_nothing_is_cut() -> None:
+    # Translations three times too long for their windows, the last one past the media's
+    # end: the run that pushed into the end is squeezed by one factor; every line is laid
+    # whole, in order, inside the media.
+    fits = [_fit(i, 2000 * i, 2000 * i + 1000) for i in range(5)]
+    clips = [np.ones(3 * RATE, np.float32) * 0.1 for _ in fits]
+    track = place(fits, clips, 10_000, RATE)
+    assert track.size == 10 * RATE
+    ends = [f.placed_end_ms for f in fits]
+    starts = [f.placed_start_ms for f in fits]
+    assert all(a < b for a, b in itertools.pairwise(starts))
+    assert all(s >= f.start_ms for s, f in zip(starts, fits, strict=True))
+    assert ends[-1] <= 10_000 and all(e > s for s, e in zip(starts, ends, strict=True))
+    squeezed = [f for f in fits if f.over_bound]
+    assert squeezed and len({f.stretch for f in squeezed}) == 1
+    assert sum(f.final_ms for f in fits) < 15_000  # squeezed, not dropped
+    assert all(f.final_ms >= 3000 / squeezed[0].stretch - 5 for f in squeezed)
+
+
+def test_time_stretch_takes_any_factor() -> None:
+    from engines.media import time_stretch
+
+    tone = np.sin(2 * np.pi * 220 * np.arange(4 * RATE) / RATE).astype(np.float32)
+    for speed in (0.4, 1.7, 7.0, 150.0):
+        out = time_stretch(tone, RATE, speed)
+        assert abs(out.size - tone.size / speed) <= 0.02 * tone.size / speed + 2048, speed

@@ -1,5 +1,6 @@
-"""Job webhooks: HMAC-SHA256 over timestamp and body, retried with back-off by Temporal,
-each delivery recorded with its attempts."""
+"""Job webhooks: HMAC-SHA256 over timestamp and body, retried with back-off by Temporal on
+their own task queue, each delivery recorded with its attempts. (The outbound guard they go
+through is tested in test_outbound.py.)"""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ from temporalio.worker import Worker
 
 from activities.account import AccountActivities, sign
 from dubcore import accounts, jobs
-from dubcore.contracts import STAGES, JobRequest
+from dubcore.contracts import STAGES, WEBHOOK_TASK_QUEUE, JobRequest
 from dubcore.db import Tenant, WebhookDelivery
 from dubcore.settings import Settings
 from tests.conftest import tenant_sessions
-from tests.fakes import FakeStages
+from tests.fakes import FakeStages, workflow_activities
 from workflows.dubbing import DubbingWorkflow
 from workflows.job import DubbingJobWorkflow
 
@@ -71,13 +72,17 @@ async def _run_job(env: WorkflowEnvironment, sessions: sessionmaker[Session], ur
                      task_queues={s.value: queue for s in STAGES})
     with sessions() as s:
         accounts.reserve(s, "acme", req.job_id, ["pt-BR"], 1)
-    account = AccountActivities(sessions, Settings(webhook_timeout_s=5))
-    with ThreadPoolExecutor(4) as pool:
+    # The receiver listens on loopback: an operator-allowed network here.
+    settings = Settings(webhook_timeout_s=5, outbound_allowed_networks=["127.0.0.0/8"])
+    account = AccountActivities(sessions, settings)
+    with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(1) as hooks:
         async with Worker(env.client, task_queue=queue,
                           workflows=[DubbingJobWorkflow, DubbingWorkflow],
-                          activities=[*FakeStages().activities(), account.settle_credits,
-                                      account.deliver_webhook],
-                          activity_executor=pool):
+                          activities=[*FakeStages().activities(),
+                                      *workflow_activities(sessions, settings)],
+                          activity_executor=pool), \
+                Worker(env.client, task_queue=WEBHOOK_TASK_QUEUE,
+                       activities=[account.deliver_webhook], activity_executor=hooks):
             await env.client.execute_workflow(DubbingJobWorkflow.run, req,
                                               id=jobs.job_workflow_id(req.job_id),
                                               task_queue=queue)

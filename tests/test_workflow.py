@@ -26,7 +26,6 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.account import AccountActivities
 from dubcore import accounts, jobs
 from dubcore.contracts import (
     APPROVE_UPDATE,
@@ -47,9 +46,8 @@ from dubcore.contracts import (
     Version,
 )
 from dubcore.errors import CorruptMediaError, EngineError, UnsupportedLanguageError
-from dubcore.settings import Settings
 from tests.conftest import tenant_sessions
-from tests.fakes import FakeStages
+from tests.fakes import FakeStages, workflow_activities
 from workflows.dubbing import DubbingWorkflow
 from workflows.job import DubbingJobWorkflow
 
@@ -78,9 +76,8 @@ def _request(queue: str, sessions: sessionmaker[Session], *langs: str) -> JobReq
 
 def _worker(client: Client, queue: str, fakes: FakeStages, sessions: sessionmaker[Session],
             pool: ThreadPoolExecutor) -> Worker:
-    account = AccountActivities(sessions, Settings())
     return Worker(client, task_queue=queue, workflows=[DubbingJobWorkflow, DubbingWorkflow],
-                  activities=[*fakes.activities(), account.settle_credits],
+                  activities=[*fakes.activities(), *workflow_activities(sessions)],
                   activity_executor=pool)
 
 

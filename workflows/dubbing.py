@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         SynthesizeResult,
         TranslateInput,
         TranslateResult,
+        language_workflow_id,
     )
 
 from workflows.stages import (
@@ -49,6 +50,7 @@ from workflows.stages import (
     SA_STATUS,
     SA_TARGET_LANGUAGE,
     SA_TENANT,
+    StatusPublisher,
     failure_of,
     run_stage,
     upsert,
@@ -62,6 +64,7 @@ class DubbingWorkflow:
     def __init__(self) -> None:
         self._status: JobStatus | None = None
         self._approved: ApproveRequest | None = None
+        self._publisher: StatusPublisher | None = None
 
     @workflow.query
     def status(self) -> JobStatus:
@@ -93,6 +96,8 @@ class DubbingWorkflow:
     @workflow.run
     async def run(self, req: DubbingRequest) -> DubbingResult:
         shared = req.shared
+        self._publisher = StatusPublisher(language_workflow_id(req.job_id, req.target_language),
+                                          req.job_id, req.target_language)
         st = self._status = JobStatus(
             job_id=req.job_id, target_language=req.target_language, state=JobState.RUNNING,
             source_language=shared.transcript.language,
@@ -102,6 +107,7 @@ class DubbingWorkflow:
                SA_SOURCE_LANGUAGE.value_set(shared.transcript.language),
                SA_DURATION.value_set(shared.probe.duration_ms / 1000),
                SA_TENANT.value_set(req.tenant))
+        await self._publish()
         try:
             result = await self._pipeline(req)
         except ActivityError as e:
@@ -110,16 +116,19 @@ class DubbingWorkflow:
                 JobState.FAILED, failure.error_type, failure.message)
             upsert(SA_STATUS.value_set(JobState.FAILED.value))
             await self._settle(req, delivered=False)
+            await self._publish()  # after the refund: a reader sees an ended, settled job
             raise ApplicationError(f"{st.stage} failed: {failure.message}",
                                    type=failure.error_type, non_retryable=True) from e
         except (asyncio.CancelledError, CancelledError):
             st.state = JobState.CANCELLED
             upsert(SA_STATUS.value_set(JobState.CANCELLED.value))
             await self._settle(req, delivered=False)
+            await self._publish()  # after the refund: a reader sees an ended, settled job
             raise
         await self._settle(req, delivered=True)
         st.result, st.state, st.stage, st.percent = result, JobState.COMPLETED, None, 100
         upsert(SA_STATUS.value_set(JobState.COMPLETED.value))
+        await self._publish()
         return result
 
     async def _pipeline(self, req: DubbingRequest) -> DubbingResult:
@@ -195,6 +204,7 @@ class DubbingWorkflow:
         assert st is not None
         st.state, st.stage = JobState.AWAITING_REVIEW, None
         upsert(SA_STATUS.value_set(JobState.AWAITING_REVIEW.value))
+        await self._publish()
         await workflow.wait_condition(lambda: self._approved is not None)
         assert self._approved is not None
         st.state = JobState.RUNNING
@@ -206,13 +216,19 @@ class DubbingWorkflow:
     async def _stage(self, req: DubbingRequest, stage: Stage, arg: object,
                      result_type: type[R]) -> R:
         assert self._status is not None
-        result = await run_stage(self._status, req.task_queues, stage, arg, result_type,
-                                 req.shared.probe.duration_ms / 1000)
-        if stage in LANGUAGE_STAGES:
-            done = LANGUAGE_STAGES[: LANGUAGE_STAGES.index(stage) + 1]
-            self._status.percent = round(100 * sum(STAGE_WEIGHTS[s] for s in done)
-                                         / sum(STAGE_WEIGHTS[s] for s in LANGUAGE_STAGES))
-        return result
+        return await run_stage(self._status, req.task_queues, stage, arg, result_type,
+                               req.shared.probe.duration_ms / 1000, self._publish)
+
+    async def _publish(self) -> None:
+        """Publish the status, with the share of the language stages finished so far."""
+        st, publisher = self._status, self._publisher
+        assert st is not None and publisher is not None
+        if st.state is not JobState.COMPLETED:
+            done = {t.stage for t in st.timings}
+            st.percent = round(100 * sum(STAGE_WEIGHTS[s] for s in LANGUAGE_STAGES
+                                         if s.value in done)
+                               / sum(STAGE_WEIGHTS[s] for s in LANGUAGE_STAGES))
+        await publisher.publish(language_status=st)
 
     async def _settle(self, req: DubbingRequest, delivered: bool) -> None:
         await workflow.execute_activity(

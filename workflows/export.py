@@ -13,6 +13,8 @@ with workflow.unsafe.imports_passed_through():
     from dubcore.contracts import (
         EXPORT_ACTIVITY,
         WEBHOOK_ACTIVITY,
+        WEBHOOK_ATTEMPT_TIMEOUT_S,
+        WEBHOOK_TASK_QUEUE,
         ExportRequest,
         ExportResult,
         WebhookInput,
@@ -54,7 +56,8 @@ class ExportWorkflow:
                 WebhookInput(delivery_id=f"{req.export_id}:{event}", tenant=req.tenant,
                              job_id=req.job_id, event=event, url=req.callback_url,
                              payload=payload, max_attempts=req.webhook_max_attempts),
-                result_type=WebhookResult, start_to_close_timeout=timedelta(seconds=60),
+                result_type=WebhookResult, task_queue=WEBHOOK_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=WEBHOOK_ATTEMPT_TIMEOUT_S),
                 retry_policy=webhook_retry(req.webhook_max_attempts))
         except ActivityError:
             workflow.logger.warning("webhook %s to %s was not delivered", event,

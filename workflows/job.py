@@ -28,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
         REVISE_UPDATE,
         SETTLE_ACTIVITY,
         WEBHOOK_ACTIVITY,
+        WEBHOOK_ATTEMPT_TIMEOUT_S,
+        WEBHOOK_TASK_QUEUE,
         DiarizeInput,
         DiarizeResult,
         DubbingRequest,
@@ -56,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         WebhookInput,
         WebhookResult,
         check_revision,
+        job_workflow_id,
         language_workflow_id,
         version_one,
     )
@@ -69,6 +72,7 @@ from workflows.stages import (
     SA_STATUS,
     SA_TARGET_LANGUAGE,
     SA_TENANT,
+    StatusPublisher,
     failure_of,
     run_stage,
     upsert,
@@ -85,6 +89,7 @@ class DubbingJobWorkflow:
         self._req: JobRequest | None = None
         self._shared_artifacts: SharedArtifacts | None = None
         self._touched = False
+        self._publisher: StatusPublisher | None = None
 
     @workflow.query
     def status(self) -> JobProgress:
@@ -108,6 +113,7 @@ class DubbingJobWorkflow:
                     changed_speakers=sorted(req.voices), note=req.note)
         versions.append(v)
         self._touched = True
+        await self._publish()
         prefix = f"jobs/{job.job_id}/{req.language}/v{v.version}"
         duration_s = shared.probe.duration_ms / 1000
         try:
@@ -118,7 +124,7 @@ class DubbingJobWorkflow:
                                     shared.probe.duration_ms, prefix, job.timing,
                                     voices=req.voices, speakers_key=base.speakers_key,
                                     previous_fits_key=base.fits_key),
-                    SynthesizeResult, duration_s)
+                    SynthesizeResult, duration_s, self._publish)
                 v.dub_key, v.fits_key, v.speakers_key = (speech.dub_key, speech.fits_key,
                                                          speech.speakers_key)
                 v.lines_synthesized, v.lines_reused = (speech.lines_synthesized,
@@ -130,19 +136,20 @@ class DubbingJobWorkflow:
             lips = await run_stage(
                 v, job.task_queues, Stage.LIPSYNC,
                 LipSyncInput(job.job_id, source_key, v.dub_key, prefix, job.lipsync),
-                LipSyncResult, duration_s)
+                LipSyncResult, duration_s, self._publish)
             mixed = await run_stage(
                 v, job.task_queues, Stage.MIX,
                 MixInput(job.job_id, source_key, v.dub_key, shared.probe.audio_key,
                          shared.separate.background_key, mode, prefix, lips.video_key,
                          gain_db=base.gain_db if mode == base.mixing_mode else None),
-                MixResult, duration_s)
+                MixResult, duration_s, self._publish)
         except ActivityError as e:
             failure = failure_of(e)
             v.state, v.error_type, v.error_message = (JobState.FAILED, failure.error_type,
                                                       failure.message)
             v.stage = None
             self._touched = True
+            await self._publish()
             await self._notify(job, "job.revision.failed", self._revision_payload(req, v))
             raise ApplicationError(f"version {v.version} failed: {failure.message}",
                                    type=failure.error_type, non_retryable=True) from e
@@ -151,6 +158,7 @@ class DubbingJobWorkflow:
         v.loudness_lufs, v.gain_db = mixed.loudness_lufs, mixed.gain_db
         v.state, v.stage = JobState.COMPLETED, None
         self._touched = True
+        await self._publish()
         await self._notify(job, "job.revision.completed", self._revision_payload(req, v))
         return v
 
@@ -167,6 +175,7 @@ class DubbingJobWorkflow:
     @workflow.run
     async def run(self, req: JobRequest) -> JobProgress:
         self._req = req
+        self._publisher = StatusPublisher(job_workflow_id(req.job_id), req.job_id)
         pr = self._progress = JobProgress(
             job_id=req.job_id, target_languages=list(req.target_languages),
             state=JobState.RUNNING,
@@ -175,6 +184,7 @@ class DubbingJobWorkflow:
                SA_TARGET_LANGUAGE.value_set(",".join(req.target_languages)),
                SA_SOURCE_LANGUAGE.value_set(req.source_language),
                SA_TENANT.value_set(req.tenant))
+        await self._publish()
         try:
             shared = await self._shared(req)
             await asyncio.gather(*(self._language(req, lang, shared)
@@ -215,6 +225,7 @@ class DubbingJobWorkflow:
             while True:
                 pr.review_closes_at = (workflow.now() + window).isoformat()
                 self._touched = False
+                await self._publish()
                 try:
                     await workflow.wait_condition(lambda: self._touched, timeout=window)
                 except TimeoutError:
@@ -225,13 +236,14 @@ class DubbingJobWorkflow:
             pass  # cancelling a finished job closes its review
         pr.review_open, pr.review_closes_at = False, None
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._publish()
 
     async def _shared(self, req: JobRequest) -> SharedArtifacts:
         pr, p = self._progress, req.prefix
         assert pr is not None
         probe = await run_stage(pr, req.task_queues, Stage.PROBE,
                                 ProbeInput(req.job_id, req.source_key, p, req.start_ms,
-                                           req.end_ms), ProbeResult, 0)
+                                           req.end_ms), ProbeResult, 0, self._publish)
         duration_s = probe.duration_ms / 1000
         pr.duration_ms = probe.duration_ms
         upsert(SA_DURATION.value_set(duration_s))
@@ -244,17 +256,17 @@ class DubbingJobWorkflow:
             return self._shared_artifacts
         sep = await run_stage(pr, req.task_queues, Stage.SEPARATE,
                               SeparateInput(req.job_id, probe.audio_key, p), SeparateResult,
-                              duration_s)
+                              duration_s, self._publish)
         speech_key = sep.speech_key or probe.speech_audio_key
         pr.background_key = sep.background_key
         turns = await run_stage(pr, req.task_queues, Stage.DIARIZE,
                                 DiarizeInput(req.job_id, speech_key, p, req.num_speakers),
-                                DiarizeResult, duration_s)
+                                DiarizeResult, duration_s, self._publish)
         transcript = await run_stage(
             pr, req.task_queues, Stage.TRANSCRIBE,
             TranscribeInput(req.job_id, speech_key, turns.turns_key, p, req.source_language,
                             req.transcript_key),
-            TranscribeResult, duration_s)
+            TranscribeResult, duration_s, self._publish)
         pr.source_language, pr.transcript_key = transcript.language, transcript.transcript_key
         pr.stage = None
         upsert(SA_SOURCE_LANGUAGE.value_set(transcript.language))
@@ -274,9 +286,17 @@ class DubbingJobWorkflow:
             voices=req.voices, pause_for_review=req.pause_for_review,
             dub_audio_key=req.dub_audio_key, glossary_key=req.glossary_key)
         pr.languages[lang] = JobState.RUNNING.value
+        await self._publish()  # the shared stages are done: no job-level stage runs now
+        await self._run_child(child)
+        await self._publish()
+
+    async def _run_child(self, child: DubbingRequest) -> None:
+        """One language's workflow, to its end; records how it ended."""
+        pr, lang = self._progress, child.target_language
+        assert pr is not None
         try:
             result = await workflow.execute_child_workflow(
-                DubbingWorkflow.run, child, id=language_workflow_id(req.job_id, lang),
+                DubbingWorkflow.run, child, id=language_workflow_id(child.job_id, lang),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
         except ChildWorkflowError as e:
             cause = e.cause
@@ -303,6 +323,7 @@ class DubbingJobWorkflow:
         await workflow.execute_activity(
             SETTLE_ACTIVITY, SettleInput(req.job_id), result_type=SettleResult,
             start_to_close_timeout=timedelta(seconds=30), retry_policy=ACCOUNT_RETRY)
+        await self._publish()  # after the refund: a reader sees an ended, settled job
         event = f"job.{state.value}"
         await self._notify(req, event, {
             "event": event, "job_id": req.job_id, "status": state.value,
@@ -310,6 +331,10 @@ class DubbingJobWorkflow:
             "error": ({"type": pr.error_type, "message": pr.error_message}
                       if pr.error_type else None),
             "occurred_at": workflow.now().isoformat()})
+
+    async def _publish(self) -> None:
+        assert self._publisher is not None
+        await self._publisher.publish(job=self._progress)
 
     def _revision_payload(self, req: RevisionRequest, v: Version) -> dict[str, Any]:
         assert self._req is not None
@@ -334,7 +359,8 @@ class DubbingJobWorkflow:
                              tenant=req.tenant, job_id=req.job_id, event=event,
                              url=req.callback_url, payload=payload,
                              max_attempts=req.webhook_max_attempts),
-                result_type=WebhookResult, start_to_close_timeout=timedelta(seconds=60),
+                result_type=WebhookResult, task_queue=WEBHOOK_TASK_QUEUE,
+                start_to_close_timeout=timedelta(seconds=WEBHOOK_ATTEMPT_TIMEOUT_S),
                 retry_policy=webhook_retry(req.webhook_max_attempts))
         except ActivityError:
             workflow.logger.warning("webhook %s to %s was not delivered", event,

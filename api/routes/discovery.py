@@ -11,6 +11,7 @@ from api.deps import DbDep, ServicesDep
 from api.schemas import (
     UPLOAD_TYPES,
     Balance,
+    EngineOut,
     ErrorBody,
     LanguagesOut,
     OptionsOut,
@@ -18,15 +19,8 @@ from api.schemas import (
     VoiceOut,
     VoicesOut,
 )
-from dubcore import accounts
+from dubcore import accounts, registry
 from dubcore.contracts import MixingMode
-from dubcore.languages import (
-    ESPEAK_VOICES,
-    SYNTHESIS_LANGUAGES,
-    TRANSCRIBE_LANGUAGES,
-    TRANSLATION_PAIRS,
-    voice_catalog,
-)
 
 router = APIRouter(prefix="/v1", tags=["discovery"], responses={
     code: {"model": ErrorBody} for code in (401, 422, 429)})
@@ -34,27 +28,30 @@ router = APIRouter(prefix="/v1", tags=["discovery"], responses={
 
 @router.get("/languages", response_model=LanguagesOut)
 def languages(services: ServicesDep, who: PrincipalDep) -> LanguagesOut:
-    """Which languages each stage handles on this deployment, and with which engine."""
-    tts = services.settings.tts_engine
-    speech_engine = "kokoro + piper + espeak-ng" if tts == "auto" else tts
-    pairs = sorted(TRANSLATION_PAIRS)
+    """Which languages each stage handles on this deployment, and with which engine (from
+    the engine registry)."""
+    served = registry.catalog(services.settings)
+    speech = " + ".join(s.name for s in served.speech)
     return LanguagesOut(stages=[
-        StageLanguages(stage="transcribe", engine="faster-whisper",
-                       languages=sorted(TRANSCRIBE_LANGUAGES)),
-        StageLanguages(stage="translate", engine="bergamot",
-                       languages=sorted({b for _, b in pairs})),
-        StageLanguages(stage="synthesize", engine=speech_engine,
-                       languages=sorted(SYNTHESIS_LANGUAGES)),
-    ], translation_pairs=pairs)
+        StageLanguages(stage="transcribe", engine=served.transcribe.name,
+                       languages=served.transcribe_languages()),
+        StageLanguages(stage="translate", engine=served.translate.name,
+                       languages=sorted({b for _, b in served.translation_pairs()})),
+        StageLanguages(stage="synthesize", engine=speech,
+                       languages=served.synthesis_languages()),
+    ], translation_pairs=served.translation_pairs(), engines=[
+        EngineOut(stage=s.stage.value, name=s.name, model=s.model_ref(services.settings),
+                  description=s.description, can_clone=s.can_clone)
+        for stage in registry.DEFAULTS for s in registry.chosen(services.settings, stage)])
 
 
 @router.get("/voices", response_model=VoicesOut)
 def voices(services: ServicesDep, who: PrincipalDep,
            language: Annotated[str | None, Query(examples=["pt-BR"])] = None) -> VoicesOut:
     """Voices per target language (``voice_key`` is what the speaker table takes)."""
-    tags = [language] if language else sorted(ESPEAK_VOICES)
-    tts = services.settings.tts_engine
-    return VoicesOut(voices={tag: [VoiceOut(**v) for v in voice_catalog(tag, tts)]
+    served = registry.catalog(services.settings)
+    tags = [language] if language else served.synthesis_languages()
+    return VoicesOut(voices={tag: [VoiceOut(**v.as_dict()) for v in served.voices(tag)]
                              for tag in tags})
 
 
@@ -62,8 +59,9 @@ def voices(services: ServicesDep, who: PrincipalDep,
 def options(services: ServicesDep, who: PrincipalDep) -> OptionsOut:
     """Accepted source and target languages, mixing modes and upload types."""
     s = services.settings
-    return OptionsOut(source_languages=["auto", *sorted(TRANSCRIBE_LANGUAGES)],
-                      target_languages=sorted(SYNTHESIS_LANGUAGES),
+    served = registry.catalog(s)
+    return OptionsOut(source_languages=["auto", *served.transcribe_languages()],
+                      target_languages=served.synthesis_languages(),
                       mixing_modes=[m.value for m in MixingMode],
                       upload_kinds={k: list(v) for k, v in UPLOAD_TYPES.items()},
                       max_upload_bytes=s.max_upload_bytes, max_duration_s=s.max_duration_s)

@@ -6,24 +6,17 @@ balance is short) before the job's workflow starts."""
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
 import uuid
 from datetime import timedelta
-from mimetypes import guess_type
-from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Query, status
-from sqlalchemy import update
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.auth import Principal, PrincipalDep
+from api.auth import PrincipalDep
 from api.deps import DbDep, Services, ServicesDep
 from api.fetch import fetch
-from api.routes.jobs import job_out
 from api.schemas import (
     SOURCE_TYPES,
     UPLOAD_TYPES,
@@ -38,24 +31,17 @@ from api.schemas import (
     UploadRequest,
     UploadTarget,
 )
-from dubcore import accounts, jobs
-from dubcore.contracts import JobRequest, JobState, TimingPolicy
+from api.status_view import job_out
+from dubcore import jobs, starting
+from dubcore.contracts import JobState
 from dubcore.db import Job, Upload, utcnow
 from dubcore.errors import (
-    BadInputError,
     ConflictError,
-    InsufficientCreditsError,
     InvalidRequestError,
-    InvalidScriptError,
-    MediaTooLongError,
-    NotFoundError,
     UnsupportedMediaError,
     UploadTooLargeError,
 )
-from dubcore.languages import CLONE, check_job_languages, voice_catalog
-from dubcore.media_info import probe
-from dubcore.storage import S3_MAX_SINGLE_PUT_BYTES, ObjectStore, S3Store
-from dubcore.subtitles import parse_glossary
+from dubcore.storage import S3_MAX_SINGLE_PUT_BYTES, S3Store
 
 router = APIRouter(prefix="/v1/dubbing", tags=["dubbing"], responses={
     code: {"model": ErrorBody} for code in (400, 401, 402, 404, 409, 413, 415, 422, 429)})
@@ -136,7 +122,7 @@ def create_upload(
 def complete_upload(upload_id: str, body: CompleteMultipart, services: ServicesDep,
                     db: DbDep, who: PrincipalDep) -> UploadOut:
     """Finish a multipart upload with the ETag S3 returned for each part."""
-    row = _upload(db, who, upload_id)
+    row = starting.owned_upload(db, who.tenant_id, upload_id)
     store = services.store
     if row.multipart_id is None or not isinstance(store, S3Store):
         raise ConflictError("this upload is a single PUT; there is nothing to complete")
@@ -151,37 +137,14 @@ async def create_job(body: CreateJob, services: ServicesDep, db: DbDep,
                      who: PrincipalDep) -> JobOut:
     """Create and start a job in one call, from a finished source upload or from a URL the
     server downloads (http/https only; private addresses refused; size and time limits)."""
-    if body.source_upload_id is None:
-        assert body.source_url is not None
-        return await _start(await _from_url(body.source_url, services, db, who), body,
-                            services, db, who)
-    upload = _upload(db, who, body.source_upload_id)
-    if upload.kind != "source":
-        raise InvalidRequestError(f"upload {upload.id} is a {upload.kind}, not a source")
-    job = db.query(Job).filter(Job.tenant_id == who.tenant_id,
-                               Job.source_key == upload.object_key).one_or_none()
-    if job is None:
-        raise NotFoundError(f"no job slot for upload {upload.id}")
-    return await _start(job, body, services, db, who)
-
-
-async def _from_url(url: str, services: Services, db: Session, who: Principal) -> Job:
-    """Download the source into the store and open a job slot for it."""
-    job_id = uuid.uuid4().hex
-    key = f"uploads/{job_id}/source"
-    with tempfile.TemporaryDirectory(prefix="opendub-url-") as tmp:
-        path = Path(tmp) / "source"
-        content_type = await fetch(url, path, services.settings)
-        if content_type not in SOURCE_TYPES:
-            content_type = guess_type(urlsplit(url).path)[0] or "application/octet-stream"
-        await asyncio.to_thread(services.store.put_file, key, path, content_type)
-        size = path.stat().st_size
-    job = Job(id=job_id, tenant_id=who.tenant_id, state=JobState.WAITING_UPLOAD.value,
-              source_key=key, content_type=content_type, declared_bytes=size,
-              source_url=url, request={"source_url": url})
-    db.add(job)
-    db.commit()
-    return job
+    if body.source_url is not None:
+        job = await starting.job_from_url(db, services.store, services.settings,
+                                          who.tenant_id, body.source_url, fetch, SOURCE_TYPES)
+    else:
+        assert body.source_upload_id is not None
+        job = await run_in_threadpool(starting.job_for_upload, db, who.tenant_id,
+                                      body.source_upload_id)
+    return await _start(job, body, services, db)
 
 
 @router.post("/jobs/{job_id}/start", status_code=status.HTTP_202_ACCEPTED,
@@ -189,138 +152,25 @@ async def _from_url(url: str, services: Services, db: Session, who: Principal) -
 async def start_job(job_id: str, body: StartJob, services: ServicesDep, db: DbDep,
                     who: PrincipalDep) -> JobOut:
     """Start dubbing an uploaded source. The job runs as a durable Temporal workflow."""
-    job = db.get(Job, job_id)
-    if job is None or job.tenant_id != who.tenant_id:
-        raise NotFoundError(f"no job {job_id}")
-    return await _start(job, body, services, db, who)
+    job = await run_in_threadpool(jobs.owned_job, db, who.tenant_id, job_id)
+    return await _start(job, body, services, db)
 
 
-async def _start(job: Job, body: StartJob, services: Services, db: Session,
-                 who: Principal) -> JobOut:
-    if job.state not in (JobState.WAITING_UPLOAD.value, "starting"):
-        raise ConflictError(f"job {job.id} was already started")
-    store, settings = services.store, services.settings
-    if not store.exists(job.source_key):
-        raise BadInputError("the source media has not been uploaded yet; PUT it to the "
-                            "upload URL first")
-    size = store.size(job.source_key)
-    if job.declared_bytes is not None and size != job.declared_bytes:
-        raise BadInputError(f"the upload has {size} bytes, {job.declared_bytes} were declared")
-    single = len(body.target_languages) == 1
-    script_keys: dict[str, str] = {}
-    if body.target_script_upload_id:
-        if not single:
-            raise InvalidRequestError("a target script fits a single target language")
-        script_key = _side_file(db, who, store, body.target_script_upload_id, "target_script")
-        assert script_key is not None
-        script_keys[body.target_languages[0]] = script_key
-    dub_audio_key = _side_file(db, who, store, body.dub_audio_upload_id, "dub_audio")
-    if dub_audio_key:
-        if not single:
-            raise InvalidRequestError("a dub_audio track is for a single target language")
-        probe(store.read_location(dub_audio_key), timeout_s=30)  # 415 if not audio
-    glossary_key = _side_file(db, who, store, body.glossary_upload_id, "glossary")
-    if glossary_key:
-        with store.local_path(glossary_key) as path:
-            parse_glossary(path.read_text(encoding="utf-8", errors="replace"))  # 422 early
-    transcript_key = _side_file(db, who, store, body.transcript_upload_id, "transcript")
-    for lang in body.target_languages:
-        check_job_languages(body.source_language, lang,
-                            has_target_script=lang in script_keys or dub_audio_key is not None)
-        voices = {v["voice_key"] for v in voice_catalog(lang, settings.tts_engine)}
-        for choice in body.speakers:
-            if choice.voice_key != CLONE and choice.voice_key not in voices:
-                raise InvalidScriptError(
-                    f"voice {choice.voice_key!r} (for {choice.speaker_id}) does not speak "
-                    f"{lang} here; see GET /v1/voices")
-    info = probe(store.read_location(job.source_key), timeout_s=30)
-    duration_ms = info.duration_ms
-    if body.time_range is not None:
-        if body.time_range.end_ms > info.duration_ms:
-            raise InvalidRequestError(
-                f"time_range ends at {body.time_range.end_ms} ms, after the media "
-                f"({info.duration_ms} ms)")
-        duration_ms = body.time_range.end_ms - body.time_range.start_ms
-    if duration_ms > settings.max_duration_s * 1000:
-        raise MediaTooLongError(f"the media lasts {duration_ms / 1000:.0f} s; the limit "
-                                f"is {settings.max_duration_s} s")
-    minutes = accounts.cost_minutes(duration_ms)
-    _claim(db, job, body)
-    job.duration_ms = duration_ms
-    job.cost_minutes = minutes * len(body.target_languages)
-    job.target_languages = list(body.target_languages)
-    job.name = body.name or job.name
-    db.commit()
-    try:
-        balance = accounts.reserve(db, who.tenant_id, job.id, body.target_languages, minutes)
-    except InsufficientCreditsError:
-        job.state = JobState.WAITING_UPLOAD.value
-        db.commit()
-        raise
-    req = JobRequest(
-        job_id=job.id, source_key=job.source_key, target_languages=body.target_languages,
-        source_language=body.source_language, mixing_mode=body.mixing_mode,
-        num_speakers=body.num_speakers, target_script_keys=script_keys,
-        transcript_key=transcript_key, dub_audio_key=dub_audio_key,
-        glossary_key=glossary_key,
-        start_ms=body.time_range.start_ms if body.time_range else 0,
-        end_ms=body.time_range.end_ms if body.time_range else None,
-        lipsync=body.lipsync, notes=body.notes,
-        timing=TimingPolicy(max_speedup=body.max_speedup),
-        task_queues=settings.task_queues(), tenant=who.tenant_id,
-        callback_url=body.callback_url, webhook_max_attempts=settings.webhook_max_attempts,
+async def _start(job: Job, body: StartJob, services: Services, db: Session) -> JobOut:
+    tr = body.time_range
+    opts = starting.StartOptions(
+        target_languages=list(body.target_languages), source_language=body.source_language,
+        mixing_mode=body.mixing_mode, num_speakers=body.num_speakers, lipsync=body.lipsync,
         voices={v.speaker_id: v.voice_key for v in body.speakers},
-        pause_for_review=body.pause_for_review, review_window_s=settings.review_window_s)
-    try:
-        handle = await jobs.start_job(await services.temporal(), req)
-        job.workflow_id = handle.id
-    except WorkflowAlreadyStartedError:
-        job.workflow_id = jobs.job_workflow_id(job.id)  # a retried start: already running
-    except BaseException:
-        accounts.refund(db, job.id)
-        job.state = JobState.WAITING_UPLOAD.value
-        db.commit()
-        raise
-    job.state, job.started_at = JobState.QUEUED.value, utcnow()
-    db.commit()
-    out = await job_out(job, services)
-    out.balance_minutes = balance
+        pause_for_review=body.pause_for_review, notes=body.notes, name=body.name,
+        max_speedup=body.max_speedup, transcript_upload_id=body.transcript_upload_id,
+        glossary_upload_id=body.glossary_upload_id,
+        dub_audio_upload_id=body.dub_audio_upload_id,
+        target_script_upload_id=body.target_script_upload_id,
+        time_range=starting.TimeRange(start_ms=tr.start_ms, end_ms=tr.end_ms) if tr else None,
+        callback_url=body.callback_url, echo=body.model_dump(mode="json"))
+    started = await starting.start(db, services.store, services.settings, services.temporal,
+                                   job, opts)
+    out = await job_out(started.job, services, db)
+    out.balance_minutes = started.balance_minutes
     return out
-
-
-def _claim(db: Session, job: Job, body: StartJob) -> None:
-    """Take the job from waiting_upload to "starting" with one conditional UPDATE, before
-    any credit is reserved. Of concurrent starts exactly one wins; a start that repeats the
-    winner's request (a client retry, or a retry after a crash mid-start) goes on with it,
-    reserving nothing twice and starting one workflow; a different request is a 409."""
-    wanted = body.model_dump(mode="json")
-    claimed = db.execute(
-        update(Job).where(Job.id == job.id, Job.state == JobState.WAITING_UPLOAD.value)
-        .values(state="starting", request={**job.request, **wanted})
-        .returning(Job.id)).first() is not None
-    db.commit()
-    db.refresh(job)
-    if claimed:
-        return
-    if job.state == "starting" and all(job.request.get(k) == v for k, v in wanted.items()):
-        return
-    raise ConflictError(f"job {job.id} was already started (or is being started with "
-                        "other options)")
-
-
-def _side_file(db: Session, who: Principal, store: ObjectStore, upload_id: str | None,
-               kind: str) -> str | None:
-    """The object key of the caller's finished upload of this kind (None if not given)."""
-    if upload_id is None:
-        return None
-    row = _upload(db, who, upload_id)
-    if row.kind != kind or not store.exists(row.object_key):
-        raise BadInputError(f"upload {row.id} is not an uploaded {kind}")
-    return row.object_key
-
-
-def _upload(db: Session, who: Principal, upload_id: str) -> Upload:
-    row = db.get(Upload, upload_id)
-    if row is None or row.tenant_id != who.tenant_id:
-        raise NotFoundError(f"no upload {upload_id}")
-    return row

@@ -4,6 +4,7 @@ for an export that exists (or is being made) returns it instead of making it twi
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from fastapi import APIRouter, status
@@ -11,13 +12,12 @@ from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Principal, PrincipalDep
 from api.deps import DbDep, Services, ServicesDep
-from api.routes.jobs import load_job
-from api.routes.review import finished_version, progress_of, scripted
 from api.schemas import Download, ErrorBody, ExportIn, ExportOut
+from api.status_view import finished_version, load_job, progress_of, scripted
+from dubcore import jobs, outbound
 from dubcore.contracts import (
     SCRIPT_FORMATS,
     WORKFLOW_TASK_QUEUE,
@@ -27,7 +27,7 @@ from dubcore.contracts import (
     export_workflow_id,
 )
 from dubcore.db import Export, as_utc
-from dubcore.errors import InvalidRequestError, NotFoundError
+from dubcore.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 
 router = APIRouter(tags=["exports"], responses={
     code: {"model": ErrorBody} for code in (400, 401, 404, 409, 422, 429)})
@@ -45,7 +45,7 @@ async def create_export(job_id: str, body: ExportIn, services: ServicesDep, db: 
     job = load_job(db, who, job_id)
     if body.script == "source" and body.format not in SCRIPT_FORMATS:
         raise InvalidRequestError("script=source applies to srt, vtt and json exports only")
-    pr = await progress_of(services, job)
+    pr = progress_of(db, job)
     v = finished_version(pr, body.language, body.version)
     if body.format in SCRIPT_FORMATS:
         scripted(v, body.language)
@@ -57,6 +57,9 @@ async def create_export(job_id: str, body: ExportIn, services: ServicesDep, db: 
         return await export_out(existing, services, db)
     export_id = uuid.uuid4().hex
     settings = services.settings
+    if body.callback_url:
+        await asyncio.to_thread(outbound.check_url, body.callback_url, settings,
+                                what="callback_url")
     req = ExportRequest(
         export_id=export_id, job_id=job_id, language=body.language, version=v.version,
         format=body.format, script=body.script, output_key=v.output_key,
@@ -71,10 +74,15 @@ async def create_export(job_id: str, body: ExportIn, services: ServicesDep, db: 
                  state="running", workflow_id=export_workflow_id(export_id))
     db.add(row)
     db.commit()
-    client = await services.temporal()
-    await client.start_workflow(
-        "ExportWorkflow", req, id=row.workflow_id, task_queue=WORKFLOW_TASK_QUEUE,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+    try:
+        async with jobs.temporal_errors():
+            await (await services.temporal()).start_workflow(
+                "ExportWorkflow", req, id=row.workflow_id, task_queue=WORKFLOW_TASK_QUEUE,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+    except ServiceUnavailableError:
+        db.delete(row)  # never started: asking again makes it anew
+        db.commit()
+        raise
     return await export_out(row, services, db)
 
 
@@ -126,11 +134,10 @@ async def _refresh(row: Export, services: Services) -> None:
     handle = (await services.temporal()).get_workflow_handle(row.workflow_id,
                                                              result_type=ExportResult)
     try:
-        desc = await handle.describe()
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            return
-        raise
+        async with jobs.temporal_errors():
+            desc = await handle.describe()
+    except NotFoundError:
+        return
     if desc.status == WorkflowExecutionStatus.COMPLETED:
         result = await handle.result()
         row.state, row.object_key = "completed", result.key

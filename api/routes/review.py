@@ -13,17 +13,16 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
+from sqlalchemy.orm import Session
 from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateStage,
 )
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import PrincipalDep
 from api.deps import DbDep, Services, ServicesDep
-from api.routes.jobs import download_of, load_job, query_or_none, timings_out
 from api.schemas import (
     ApproveIn,
     ChunkOut,
@@ -40,14 +39,22 @@ from api.schemas import (
     VersionOut,
     VersionsOut,
 )
-from dubcore import jobs, review
+from api.status_view import (
+    download_of,
+    finished_version,
+    language_status,
+    load_job,
+    progress_of,
+    scripted,
+    timings_out,
+)
+from dubcore import jobs, registry, review
 from dubcore.contracts import (
     APPROVE_UPDATE,
     REVISE_UPDATE,
     ApproveRequest,
     JobProgress,
     JobState,
-    JobStatus,
     RevisionRequest,
     Version,
     check_revision,
@@ -63,57 +70,16 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/languages/{language}", tags=["revie
 VersionQuery = Annotated[int | None, Query(ge=0, description="Default: the latest.")]
 
 
-async def progress_of(services: Services, job: Job) -> JobProgress:
-    if not job.workflow_id:
-        raise ConflictError(f"job {job.id} was never started")
-    try:
-        return await jobs.job_progress(await services.temporal(), job.id)
-    except RPCError as e:
-        if e.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
-            raise ConflictError(f"job {job.id} has not started running yet") from e
-        raise
-
-
-async def _language(services: Services, job: Job, language: str) -> JobStatus | None:
-    """The language workflow's status, or None when it cannot answer (as job status)."""
-    status: JobStatus | None = await query_or_none(
-        jobs.language_status(await services.temporal(), job.id, language))
-    return status
-
-
-def finished_version(pr: JobProgress, language: str, number: int | None) -> Version:
-    if language not in pr.target_languages:
-        raise NotFoundError(f"job {pr.job_id} has no target language {language}")
-    versions = [v for v in pr.versions.get(language, []) if v.state is JobState.COMPLETED]
-    if not versions:
-        raise ConflictError(f"{language} has no finished version yet "
-                            f"(it is {pr.languages.get(language, 'queued')})")
-    found = versions[-1] if number is None else next(
-        (v for v in versions if v.version == number), None)
-    if found is not None:
-        return found
-    raise NotFoundError(f"{language} has no finished version {number} (versions: "
-                        f"{', '.join(str(v.version) for v in versions)})")
-
-
-def scripted(v: Version, language: str) -> Version:
-    """A version made from a script (not from the user's own dubbed track)."""
-    if not v.script_key:
-        raise ConflictError(f"{language} was dubbed from your own audio track: it has no "
-                            "script, speakers or chunks")
-    return v
-
-
 @router.get("/script", response_model=ScriptOut)
-async def get_script(job_id: str, language: str, services: ServicesDep, db: DbDep,
-                     who: PrincipalDep, version: VersionQuery = None,
-                     kind: Annotated[str, Query(pattern="^(source|target)$")] = "target",
-                     ) -> ScriptOut:
+def get_script(job_id: str, language: str, services: ServicesDep, db: DbDep,
+               who: PrincipalDep, version: VersionQuery = None,
+               kind: Annotated[str, Query(pattern="^(source|target)$")] = "target",
+               ) -> ScriptOut:
     """The source transcript or a version's target script, as segments
     ``{index, start_ms, end_ms, text, speaker_id}``. While the language awaits review the
     draft translation is version 0."""
     job = load_job(db, who, job_id)
-    pr = await progress_of(services, job)
+    pr = progress_of(db, job)
     store = services.store
     if kind == "source":
         if language not in pr.target_languages:
@@ -123,7 +89,7 @@ async def get_script(job_id: str, language: str, services: ServicesDep, db: DbDe
         return ScriptOut(job_id=job_id, language=pr.source_language or "", kind="source",
                          version=0, segments=_segments(get_json(store, pr.transcript_key)))
     if version in (None, 0) and not pr.versions.get(language):
-        st = await _language(services, job, language)
+        st = language_status(db, job.id, language)
         if st is not None and st.state is JobState.AWAITING_REVIEW and st.script_key:
             return ScriptOut(job_id=job_id, language=language, kind="target", version=0,
                              segments=_segments(get_json(store, st.script_key)))
@@ -133,10 +99,10 @@ async def get_script(job_id: str, language: str, services: ServicesDep, db: DbDe
 
 
 @router.get("/speakers", response_model=SpeakersOut)
-async def get_speakers(job_id: str, language: str, services: ServicesDep, db: DbDep,
-                       who: PrincipalDep, version: VersionQuery = None) -> SpeakersOut:
+def get_speakers(job_id: str, language: str, services: ServicesDep, db: DbDep,
+                 who: PrincipalDep, version: VersionQuery = None) -> SpeakersOut:
     """The speakers of a version and the voice each one speaks with."""
-    pr = await progress_of(services, load_job(db, who, job_id))
+    pr = progress_of(db, load_job(db, who, job_id))
     v = scripted(finished_version(pr, language, version or None), language)
     rows = get_json(services.store, v.speakers_key)
     return SpeakersOut(job_id=job_id, language=language, version=v.version,
@@ -146,11 +112,11 @@ async def get_speakers(job_id: str, language: str, services: ServicesDep, db: Db
 
 
 @router.get("/chunks", response_model=ChunksOut)
-async def get_chunks(job_id: str, language: str, services: ServicesDep, db: DbDep,
-                     who: PrincipalDep, version: VersionQuery = None) -> ChunksOut:
+def get_chunks(job_id: str, language: str, services: ServicesDep, db: DbDep,
+               who: PrincipalDep, version: VersionQuery = None) -> ChunksOut:
     """One audio file per segment of a version (output kind ``chunks``): each dubbed line
     as synthesized and fitted, with where it plays, as signed URLs."""
-    pr = await progress_of(services, load_job(db, who, job_id))
+    pr = progress_of(db, load_job(db, who, job_id))
     v = scripted(finished_version(pr, language, version or None), language)
     store, expiry = services.store, services.settings.url_expiry_s
     chunks, expires_at = [], 0
@@ -171,11 +137,11 @@ async def get_chunks(job_id: str, language: str, services: ServicesDep, db: DbDe
 
 
 @router.get("/versions", response_model=VersionsOut)
-async def list_versions(job_id: str, language: str, services: ServicesDep, db: DbDep,
-                        who: PrincipalDep) -> VersionsOut:
+def list_versions(job_id: str, language: str, services: ServicesDep, db: DbDep,
+                  who: PrincipalDep) -> VersionsOut:
     """Every version of a language's dub, oldest first; each finished one downloadable."""
     job = load_job(db, who, job_id)
-    pr = await progress_of(services, job)
+    pr = progress_of(db, job)
     if language not in pr.target_languages:
         raise NotFoundError(f"job {job_id} has no target language {language}")
     return VersionsOut(job_id=job_id, language=language, review_open=pr.review_open,
@@ -198,9 +164,9 @@ def version_out(services: Services, job_id: str, language: str, v: Version) -> V
 
 
 async def _revision(job: Job, language: str, body: RevisionIn, services: Services,
-                    write: bool) -> tuple[JobProgress, RevisionRequest]:
+                    db: Session, write: bool) -> tuple[JobProgress, RevisionRequest]:
     """The update an edit becomes, checked as the workflow's validator will check it."""
-    pr = await progress_of(services, job)
+    pr = progress_of(db, job)
     base = scripted(finished_version(pr, language, body.base_version), language)
     store = services.store
     req = RevisionRequest(language=language, base_version=base.version,
@@ -217,7 +183,7 @@ async def _revision(job: Job, language: str, body: RevisionIn, services: Service
                 put_json(store, req.script_key, script)
     req.voices = review.voice_changes(
         speakers, {s.speaker_id: s.voice_key for s in body.speakers}, language,
-        services.settings.tts_engine)
+        registry.catalog(services.settings).voice_keys(language))
     check_revision(pr, req)
     return pr, req
 
@@ -228,7 +194,7 @@ async def validate_revision(job_id: str, language: str, body: RevisionIn,
                             who: PrincipalDep) -> RevisionCheck:
     """Run every check a revision goes through, without making it: 200 when it would be
     accepted, the same 4xx otherwise (422 for an edit that changes nothing)."""
-    pr, req = await _revision(load_job(db, who, job_id), language, body, services,
+    pr, req = await _revision(load_job(db, who, job_id), language, body, services, db,
                               write=False)
     return _check(pr, req)
 
@@ -250,10 +216,13 @@ async def create_revision(job_id: str, language: str, body: RevisionIn,
     kept as it was. Follow it with ``GET .../versions``; the old versions stay
     downloadable."""
     job = load_job(db, who, job_id)
-    _, req = await _revision(job, language, body, services, write=True)
+    _, req = await _revision(job, language, body, services, db, write=True)
     handle = (await services.temporal()).get_workflow_handle(jobs.job_workflow_id(job.id))
     await _update(handle, REVISE_UPDATE, req, _update_id("revise", req))
-    pr = await progress_of(services, job)
+    # The worker that just accepted the update answers with the version it opened (the
+    # status projection may not show it yet).
+    async with jobs.temporal_errors():
+        pr = await jobs.job_progress(await services.temporal(), job.id)
     v = pr.versions[language][-1]
     return version_out(services, job_id, language, v)
 
@@ -264,10 +233,10 @@ async def approve(job_id: str, language: str, body: ApproveIn, services: Service
     """Continue a language paused for review (``pause_for_review``), with the translated
     script as it is or with the given segments edited. Returns the script it goes on with."""
     job = load_job(db, who, job_id)
-    pr = await progress_of(services, job)
+    pr = progress_of(db, job)
     if language not in pr.target_languages:
         raise NotFoundError(f"job {job_id} has no target language {language}")
-    st = await _language(services, job, language)
+    st = language_status(db, job.id, language)
     if st is None or st.state is not JobState.AWAITING_REVIEW or not st.script_key:
         state = st.state.value if st else pr.languages.get(language, "queued")
         raise ConflictError(f"{language} is not awaiting review (it is {state})")
@@ -308,16 +277,15 @@ async def _update(handle: WorkflowHandle[Any, Any], name: str, arg: Any, update_
                   ) -> None:
     """Send an update and wait until the workflow accepted it (its validator passed)."""
     try:
-        await handle.start_update(name, arg, id=update_id,
-                                  wait_for_stage=WorkflowUpdateStage.ACCEPTED)
+        async with jobs.temporal_errors():
+            await handle.start_update(name, arg, id=update_id,
+                                      wait_for_stage=WorkflowUpdateStage.ACCEPTED)
     except WorkflowUpdateFailedError as e:
         cause = e.cause
         if isinstance(cause, ApplicationError):
             raise error_named(cause.type or "ConflictError", cause.message) from e
         raise ConflictError(str(cause or e)) from e
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise ConflictError("this job's review window has closed: it takes no more "
-                                "edits") from e
-        raise
+    except NotFoundError as e:
+        raise ConflictError("this job's review window has closed: it takes no more "
+                            "edits") from e
 

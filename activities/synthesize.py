@@ -7,7 +7,10 @@ reuses every line already in the store and synthesizes only the rest.
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,54 +77,58 @@ class SynthesizeActivities(StageActivities):
             {int(f["index"]): f for f in get_json(self._store, inp.previous_fits_key)}
             if inp.previous_fits_key else {})
 
-        fits: list[Fit] = []
-        clips: list[np.ndarray] = []
-        clip_keys: list[str] = []
-        pinned: list[int | None] = []
-        made = 0
-        with scratch() as tmp:
-            for i, seg in enumerate(script):
-                clip_key, fit_key = (f"{inp.prefix}/lines/{i:05d}.wav",
-                                     f"{inp.prefix}/lines/{i:05d}.json")
-                old = previous.get(int(seg.get("index", i)))
-                voice = voice_of[seg["speaker_id"]]
-                reuse = old is not None and _unchanged(old, seg, voice, _room(inp, script, i))
-                pinned.append(int(old["placed_start_ms"]) if reuse and old else None)
-                if reuse and old:
-                    # The line as it was made (before placing squeezed it, if it did).
-                    clip_key = old["clip_key"]
-                    fits.append(Fit(**get_json(self._store, clip_key[:-4] + ".json")))
-                elif (stored := self._stored_line(clip_key, fit_key, seg, voice)) is not None:
-                    fits.append(stored)  # made by an earlier attempt: resume after it
-                else:
-                    fit, clip = self._line(inp, script, i, voice)
-                    audio.write_wav(tmp / "line.wav", clip, OUT_RATE_HZ)
-                    self._store.put_file(clip_key, tmp / "line.wav", "audio/wav")
-                    # Lay the line as stored (16-bit), exactly what a revision reuses.
-                    clip = audio.read_wav(tmp / "line.wav")[0][0]
-                    put_json(self._store, fit_key, fit.to_json())
-                    fits.append(fit)
-                    clips.append(clip)
-                    clip_keys.append(clip_key)
-                    made += 1
-                    heartbeat(0.95 * (i + 1) / len(script), i + 1)
-                    continue
-                with self._store.local_path(clip_key) as p:
-                    clips.append(audio.read_wav(p)[0][0])
-                clip_keys.append(clip_key)
-
-            track = place(fits, clips, inp.duration_ms, OUT_RATE_HZ, pinned)
+        n = len(script)
+        fits: list[Fit | None] = [None] * n
+        clips: list[np.ndarray | None] = [None] * n
+        clip_keys = [f"{inp.prefix}/lines/{i:05d}.wav" for i in range(n)]
+        pinned: list[int | None] = [None] * n
+        todo: list[int] = []
+        for i, seg in enumerate(script):
+            fit_key = clip_keys[i][:-4] + ".json"
+            old = previous.get(int(seg.get("index", i)))
+            voice = voice_of[seg["speaker_id"]]
+            if old is not None and _unchanged(old, seg, voice, _room(inp, script, i)):
+                pinned[i] = int(old["placed_start_ms"])
+                # The line as it was made (before placing squeezed it, if it did).
+                clip_keys[i] = old["clip_key"]
+                fits[i] = Fit(**get_json(self._store, clip_keys[i][:-4] + ".json"))
+            elif (stored := self._stored_line(clip_keys[i], fit_key, seg, voice)) is not None:
+                fits[i] = stored  # made by an earlier attempt: resume after it
+            else:
+                todo.append(i)
+        calls = _Counter()
+        with scratch() as tmp, ThreadPoolExecutor(
+                max(1, self._settings.cores()), thread_name_prefix="synthesize") as pool:
+            # One line per core at once, longest first (so no long line runs alone at the
+            # end); each is stored as soon as it is made, so a retry resumes after every
+            # finished line whatever order they finished in.
+            longest_first = sorted(todo, key=lambda i: -len(script[i]["text"]))
+            running = {pool.submit(self._make_line, inp, script, i, voice_of, tmp, calls,
+                                   clip_keys[i]): i for i in longest_first}
+            for done, future in enumerate(as_completed(running), 1):
+                i = running[future]
+                fits[i], clips[i] = future.result()
+                heartbeat(0.95 * (n - len(todo) + done) / n, n - len(todo) + done)
+            for i in range(n):
+                if clips[i] is None:
+                    with self._store.local_path(clip_keys[i]) as p:
+                        clips[i] = audio.read_wav(p)[0][0]
+            laid = [f for f in fits if f is not None]
+            track = place(laid, [c for c in clips if c is not None], inp.duration_ms,
+                          OUT_RATE_HZ, pinned)
             dub_key = f"{inp.prefix}/dub.wav"
             audio.write_wav(tmp / "dub.wav", track, OUT_RATE_HZ)
             self._store.put_file(dub_key, tmp / "dub.wav", "audio/wav")
+        made = len(todo)
         fits_key, speakers_key = f"{inp.prefix}/fits.json", f"{inp.prefix}/speakers.json"
         put_json(self._store, fits_key,
-                 [f.to_json() | {"clip_key": k} for f, k in zip(fits, clip_keys, strict=True)])
+                 [f.to_json() | {"clip_key": k} for f, k in zip(laid, clip_keys, strict=True)])
         put_json(self._store, speakers_key, speakers)
         return SynthesizeResult(dub_key=dub_key, fits_key=fits_key, speakers_key=speakers_key,
                                 engine=self.engine.name, model=self.model,
-                                segments_over_bound=sum(f.over_bound for f in fits),
-                                lines_synthesized=made, lines_reused=len(fits) - made)
+                                segments_over_bound=sum(f.over_bound for f in laid),
+                                lines_synthesized=made, lines_reused=n - made,
+                                syntheses=calls.value)
 
     def _stored_line(self, clip_key: str, fit_key: str, seg: dict[str, Any], voice: str
                      ) -> Fit | None:
@@ -206,23 +213,51 @@ class SynthesizeActivities(StageActivities):
             if ":clone:" in row["voice_key"]:
                 self._clone(inp, [], row["speaker_id"])
 
+    def _make_line(self, inp: SynthesizeInput, script: list[dict[str, Any]], i: int,
+                   voice_of: dict[str, str], tmp: Path, calls: _Counter, clip_key: str
+                   ) -> tuple[Fit, np.ndarray]:
+        """Speak line ``i``, store its clip and then its fit; the clip as stored (16-bit),
+        exactly what a revision reuses."""
+        fit, clip = self._line(inp, script, i, voice_of[script[i]["speaker_id"]], calls)
+        path = tmp / f"line-{i:05d}.wav"
+        audio.write_wav(path, clip, OUT_RATE_HZ)
+        self._store.put_file(clip_key, path, "audio/wav")
+        clip = audio.read_wav(path)[0][0]
+        path.unlink()
+        put_json(self._store, clip_key[:-4] + ".json", fit.to_json())
+        return fit, clip
+
     def _line(self, inp: SynthesizeInput, script: list[dict[str, Any]], i: int,
-              voice: str) -> tuple[Fit, np.ndarray]:
+              voice: str, calls: _Counter) -> tuple[Fit, np.ndarray]:
         seg = script[i]
         start, end = int(seg["start_ms"]), int(seg["end_ms"])
         window, room = end - start, _room(inp, script, i)
 
         def synth(text: str, rate: float) -> tuple[np.ndarray, int]:
+            calls.add()
             return self.engine.synthesize(text, inp.target_language, voice, rate)
 
-        clip, natural_ms, rate, stretch = fit_line(synth, seg["text"], window, room,
-                                                   inp.timing, OUT_RATE_HZ)
+        clip, natural_ms, rate, stretch = fit_line(
+            synth, seg["text"], window, room, inp.timing, OUT_RATE_HZ,
+            self.engine.length_model(seg["text"], inp.target_language, voice))
         fit = Fit(index=int(seg.get("index", i)), speaker_id=seg["speaker_id"], voice_key=voice,
                   text=seg["text"], start_ms=start, end_ms=end, window_ms=window, room_ms=room,
                   natural_ms=natural_ms, synthesis_rate=rate, stretch=stretch,
                   final_ms=round(1000 * clip.size / OUT_RATE_HZ), placed_start_ms=start,
                   placed_end_ms=start, overflow_ms=0, shift_ms=0)
         return fit, clip
+
+
+class _Counter:
+    """Engine calls across the threads of one activity (a line spoken twice counts two)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
 
 
 def _room(inp: SynthesizeInput, script: list[dict[str, Any]], i: int) -> int:

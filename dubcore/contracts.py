@@ -316,6 +316,9 @@ class SynthesizeResult:
     lines_reused: int = 0
     model: str = ""
     """The model (``id@revision``) of the engine that made it (dubcore/registry.py)."""
+    syntheses: int = 0
+    """Engine calls that made the new lines: one per line when its length was predicted
+    well, two when it had to be spoken again."""
 
 
 @dataclass

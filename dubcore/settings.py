@@ -7,6 +7,7 @@ starts (API factory, worker main) and pass the object on.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     """Stages this worker process serves; ``[]`` = workflows only."""
     worker_runs_workflows: bool = True
     max_concurrent_activities: int = 2
+    worker_cores: int = 0
+    """Cores this worker may use (0: the cores the process may run on). Stages that split
+    their work (lines of synthesis) run that many pieces at once, one core each."""
     worker_shutdown_grace_s: float = 30.0
     """On SIGTERM, how long running stages may take to finish before they are cancelled
     (and retried elsewhere, resuming from what they stored)."""
@@ -116,6 +120,15 @@ class Settings(BaseSettings):
 
         stage = Stage(str(info.field_name).removesuffix("_engine"))
         return registry.check_choice(stage, value)
+
+    def cores(self) -> int:
+        """``worker_cores``, or the cores this process may run on."""
+        if self.worker_cores > 0:
+            return self.worker_cores
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
 
     def engine_setting(self, stage: Stage) -> str:
         value = getattr(self, f"{stage.value}_engine", None)

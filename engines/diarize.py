@@ -118,6 +118,12 @@ class VadEmbeddingDiarizer:
         self._encoder = VoiceEncoder(device=device, verbose=False)
         self._threshold = threshold
 
+    def warm(self) -> None:
+        """The VAD and one voice print (the mel filterbank is JIT-compiled on first use)."""
+        noise = np.random.default_rng(0).normal(0, 0.05, EMBED_SAMPLES).astype(np.float32)
+        speech_regions(noise)
+        self.embed(noise, [(0, EMBED_SAMPLES)])
+
     def embed(self, audio: np.ndarray, windows: list[tuple[int, int]]) -> np.ndarray:
         """(N, 256) L2-normalised voice prints, one batched forward pass."""
         import torch

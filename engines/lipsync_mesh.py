@@ -413,6 +413,11 @@ class MeshLipSync:
     def close(self) -> None:
         self._mesh.close()
 
+    def warm(self) -> None:
+        """One frame through the graph (MediaPipe builds its calculators on the first)."""
+        with self._lock:
+            self.landmarks(np.zeros((192, 192, 3), dtype=np.uint8))
+
     def landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
         """The tracked face's landmarks in pixels, shape (468, 2), or None without a face."""
         return face_landmarks(self._mesh, rgb)

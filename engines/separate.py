@@ -7,9 +7,12 @@ minus the dialogue. A production engine (demucs) plugs in behind ``Separator``.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -61,8 +64,9 @@ class _DfLib:
 class DeepFilterSeparator:
     name = "deepfilternet3"
 
-    def __init__(self) -> None:
+    def __init__(self, cores: int = 1) -> None:
         self._df = _DfLib()
+        self._cores = cores
 
     def _enhance(self, x: np.ndarray, progress: Callable[[float], None] | None) -> np.ndarray:
         lib = self._df.lib
@@ -87,21 +91,37 @@ class DeepFilterSeparator:
         finally:
             lib.df_free(state)
 
+    def warm(self) -> None:
+        self._enhance(np.zeros(4_800, dtype=np.float32), None)
+
     def separate(self, audio: np.ndarray,
                  progress: Callable[[float], None] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Each channel has its own filter state, so channels run at once, one core each
+        (the library releases the GIL)."""
         audio = np.atleast_2d(audio).astype(np.float32)
         channels = audio.shape[0]
         dialogue = np.empty_like(audio)
-        for ch in range(channels):
-            def channel_progress(f: float, ch: int = ch) -> None:
-                if progress:
-                    progress((ch + f) / channels)
+        done = [0.0] * channels
+        lock = threading.Lock()
+
+        def one(ch: int) -> None:
+            def channel_progress(f: float) -> None:
+                with lock:
+                    done[ch] = f
+                    if progress:
+                        progress(sum(done) / channels)
 
             dialogue[ch] = self._enhance(audio[ch], channel_progress)
+
+        with ThreadPoolExecutor(max(1, min(channels, self._cores))) as pool:
+            # Each task runs in a copy of this context: its progress reaches the activity.
+            for future in [pool.submit(contextvars.copy_context().run, one, ch)
+                           for ch in range(channels)]:
+                future.result()
         return dialogue, audio - dialogue
 
 
 def load(settings: Settings) -> DeepFilterSeparator:
     """The registry's loader (dubcore/registry.py): the weights ship in the package."""
-    return DeepFilterSeparator()
+    return DeepFilterSeparator(settings.cores())

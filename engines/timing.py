@@ -54,22 +54,52 @@ class Fit:
 
 Synth = Callable[[str, float], tuple[np.ndarray, int]]
 """(text, rate) -> (mono audio, sample rate)."""
+LengthAt = Callable[[float], float]
+"""rate -> the line's length in ms, predicted before it is spoken."""
+
+MISS = 0.04
+"""A predicted rate this far (relative) from the one the spoken line asks for is spoken
+again at the right rate; within it, the stretch step absorbs the difference."""
 
 
 def fit_line(synth: Synth, text: str, window_ms: int, room_ms: int, policy: TimingPolicy,
-             out_rate_hz: int) -> tuple[np.ndarray, int, float, float]:
+             out_rate_hz: int, length_at: LengthAt | None = None
+             ) -> tuple[np.ndarray, int, float, float]:
     """Synthesize ``text`` for a ``window_ms`` slot followed by silence up to ``room_ms``.
 
+    With ``length_at`` (the engine predicts lengths from its phonemes) the rate is chosen
+    before synthesis and the line is spoken once, unless the audio misses the prediction by
+    more than ``MISS``; without it the line is spoken at the natural rate first and again
+    at the rate that it asks for.
+
     Returns (audio at out_rate_hz, natural_ms, synthesis rate, stretch)."""
-    audio, rate_hz = synth(text, 1.0)
-    natural_ms = round(1000 * audio.size / rate_hz)
-    synth_rate, stretch = 1.0, 1.0
-    if window_ms > 0 and natural_ms > window_ms * _TOLERANCE:
-        # 1. Ask the engine itself to speak faster, within its natural range.
-        synth_rate = round(min(natural_ms / window_ms, policy.max_synthesis_rate,
-                               policy.max_speedup), 3)
+
+    def rate_for(natural_ms: float) -> float:
+        """The rate that brings a line of this natural length into the window (bounded)."""
+        if window_ms <= 0 or natural_ms <= window_ms * _TOLERANCE:
+            return 1.0
+        return round(min(natural_ms / window_ms, policy.max_synthesis_rate,
+                         policy.max_speedup), 3)
+
+    if length_at is None:
+        audio, rate_hz = synth(text, 1.0)
+        natural_ms = round(1000 * audio.size / rate_hz)
+        synth_rate = rate_for(natural_ms)
         if synth_rate > 1.0:
             audio, rate_hz = synth(text, synth_rate)
+    else:
+        synth_rate = _predicted_rate(length_at, window_ms, rate_for)
+        audio, rate_hz = synth(text, synth_rate)
+        have = 1000 * audio.size / rate_hz
+        # The natural length, from what was spoken and the predictor's own rate curve.
+        predicted = length_at(synth_rate)
+        natural_ms = round(have * (length_at(1.0) / predicted if predicted > 0 else synth_rate))
+        wanted = rate_for(natural_ms)
+        if abs(wanted - synth_rate) > MISS * synth_rate:
+            synth_rate = wanted
+            audio, rate_hz = synth(text, synth_rate)
+    stretch = 1.0
+    if window_ms > 0 and natural_ms > window_ms * _TOLERANCE:
         have_ms = 1000 * audio.size / rate_hz
         # 2. Run on into the following silence if allowed; 3. stretch what still overruns.
         target_ms = max(room_ms, window_ms) if policy.allow_overflow else window_ms
@@ -80,6 +110,24 @@ def fit_line(synth: Synth, text: str, window_ms: int, room_ms: int, policy: Timi
             else:
                 stretch = 1.0
     return resample(audio, rate_hz, out_rate_hz), natural_ms, synth_rate, stretch
+
+
+def _predicted_rate(length_at: LengthAt, window_ms: int,
+                    rate_for: Callable[[float], float]) -> float:
+    """The least rate at which the predicted line fills its window, as ``rate_for`` bounds it
+    (lengths fall as the rate rises, in frame-sized steps: bisection, not division)."""
+    natural = length_at(1.0)
+    top = rate_for(natural)
+    if top <= 1.0 or length_at(top) > window_ms:
+        return top
+    lo, hi = 1.0, top
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if length_at(mid) > window_ms:
+            lo = mid
+        else:
+            hi = mid
+    return round(hi, 3)
 
 
 def place(fits: list[Fit], clips: list[np.ndarray], duration_ms: int,

@@ -120,6 +120,15 @@ class FasterWhisperTranscriber:
                                    cpu_threads=cpu_threads or (os.cpu_count() or 2))
         self._languages = set(self._model.supported_languages)
 
+    def warm(self) -> None:
+        """A second of faint noise through the VAD, then through the encoder, the decoder
+        and the word aligner (the VAD alone would skip it)."""
+        noise = np.random.default_rng(0).normal(0, 0.01, 16_000).astype(np.float32)
+        for vad in (True, False):
+            segments, _ = self._model.transcribe(noise, language="en", beam_size=5,
+                                                 word_timestamps=True, vad_filter=vad)
+            list(segments)
+
     def transcribe(self, audio: np.ndarray, language: str | None,
                    progress: Callable[[float], None] | None = None
                    ) -> tuple[str, float, list[Word]]:

@@ -73,6 +73,10 @@ class BergamotTranslator:
     def supports(self, source: str, target: str) -> bool:
         return (primary(source), primary(target)) in self._directions
 
+    def warm(self) -> None:
+        for direction in self._directions.values():
+            direction.translate("Hello there.")
+
     def translate(self, texts: list[str], source: str, target: str,
                   progress: Callable[[float], None] | None = None, *,
                   terms: Sequence[tuple[str, str]] = ()) -> list[str]:

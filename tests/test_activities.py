@@ -114,6 +114,7 @@ def test_synthesize_resumes_from_the_lines_already_stored(store: LocalStore,
     env.on_heartbeat = lambda *d: beats.append(d)
     first = env.run(acts.synthesize_speech, inp)
     assert first.lines_synthesized == 2 and first.lines_reused == 0
+    assert first.syntheses == 2  # each line's length was predicted: spoken once
     assert sorted({b[1] for b in beats if len(b) > 1}) == [1, 2]
     fits = get_json(store, first.fits_key)
     speakers = get_json(store, first.speakers_key)

@@ -227,6 +227,50 @@ def test_kokoro_phonemes_fit_its_vocabulary() -> None:
     assert "," in ipa and "!" in ipa and "?" in ipa and "^" not in ipa and "(" not in ipa
 
 
+def test_espeak_in_process_phonemes_match_the_program() -> None:
+    """The library binding (no process per clause) says what ``espeak-ng --ipa`` says."""
+    import subprocess
+
+    from engines import espeak
+
+    for voice, text in [("pt-br", "Olá a todos, bem-vindos ao canal"), ("en-us", "It's 3.5 km"),
+                        ("de", "Guten Morgen, wie geht es dir"), ("es", "Medimos dos veces"),
+                        ("ja", "こんにちは世界"), ("fr", "Je suis très content")]:
+        out = subprocess.run(["espeak-ng", "-q", "--ipa", "--tie=^", "-v", voice, "--", text],
+                             capture_output=True, check=True).stdout.decode()
+        assert espeak.ipa(text, voice) == " ".join(out.split()), (voice, text)
+
+
+def test_espeak_in_process_is_safe_from_many_threads_at_first_use() -> None:
+    """Lines are phonemised from several threads at once, the first call included (a fresh
+    process: the library is initialised exactly once)."""
+    import subprocess
+    import sys
+
+    code = ("from concurrent.futures import ThreadPoolExecutor\n"
+            "from engines import espeak\n"
+            "with ThreadPoolExecutor(8) as pool:\n"
+            "    out = set(pool.map(lambda _: espeak.ipa('bom dia a todos', 'pt-br'), "
+            "range(64)))\n"
+            "assert len(out) == 1, out\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+
+
+def test_kokoro_knows_a_lines_length_before_it_speaks(kokoro) -> None:  # type: ignore[no-untyped-def]
+    """The duration predictor alone (cut out of the model) gives each line's length at any
+    rate within a few percent of what synthesis then makes."""
+    for text, voice in [("Bem-vindo de volta ao workshop.", "kokoro:jm_kumo"),
+                        ("Obrigado por me ter, trouxe a ferramenta e algumas tábuas de pinho "
+                         "frescos. Vamos começar?", "kokoro:jf_nezumi")]:
+        length_at = kokoro.length_model(text, "pt-BR", voice)
+        assert length_at is not None and length_at(1.0) > length_at(1.2) > 0
+        for rate in (1.0, 1.2):
+            spoken_ms = 1000 * kokoro.synthesize(text, "pt-BR", voice, rate).size / 24_000
+            assert abs(length_at(rate) - spoken_ms) < 0.1 * spoken_ms, (text, rate, spoken_ms)
+
+
 def test_piper_and_espeak_voices(piper) -> None:  # type: ignore[no-untyped-def]
     from engines.synthesize import EspeakEngine
 

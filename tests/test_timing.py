@@ -47,6 +47,29 @@ def test_overflow_into_following_silence_avoids_stretching() -> None:
     assert rate == 1.15 and stretch == 1.0
 
 
+def test_a_predicted_length_picks_the_rate_before_the_line_is_spoken() -> None:
+    synth, calls = fake_synth(3.0)
+    policy = TimingPolicy(max_synthesis_rate=1.15, max_speedup=1.25, allow_overflow=False)
+    _clip, natural, rate, stretch = fit_line(synth, "x", 2800, 2800, policy, RATE,
+                                             length_at=lambda r: 3000 / r)
+    # 3 s into 2.8 s: the least rate that fits, spoken once.
+    assert len(calls) == 1 and abs(calls[0] - 3000 / 2800) < 0.002 and rate == calls[0]
+    assert natural == 3000 and stretch == 1.0
+
+
+def test_a_prediction_that_misses_is_spoken_again_at_the_rate_the_audio_asks_for() -> None:
+    synth, calls = fake_synth(3.0)
+    policy = TimingPolicy(max_synthesis_rate=1.15, max_speedup=1.25, allow_overflow=False)
+    # The predictor thinks the line fits at the natural rate: it is 3 s in a 2.7 s window.
+    _, natural, rate, _ = fit_line(synth, "x", 2700, 2700, policy, RATE,
+                                   length_at=lambda r: 2600 / r)
+    assert calls == [1.0, 1.111] and rate == 1.111 and natural == 3000
+    # A line that fits as predicted is spoken once at the natural rate.
+    synth, calls = fake_synth(1.0)
+    fit_line(synth, "x", 1500, 2000, TimingPolicy(), RATE, length_at=lambda r: 1000 / r)
+    assert calls == [1.0]
+
+
 def _fit(i: int, start: int, end: int) -> Fit:
     return Fit(index=i, speaker_id="S1", voice_key="v", text="t", start_ms=start, end_ms=end,
                window_ms=end - start, room_ms=end - start, natural_ms=0, synthesis_rate=1.0,

@@ -105,10 +105,17 @@ class SynthesizeActivities(StageActivities):
             longest_first = sorted(todo, key=lambda i: -len(script[i]["text"]))
             running = {pool.submit(self._make_line, inp, script, i, voice_of, tmp, calls,
                                    clip_keys[i]): i for i in longest_first}
-            for done, future in enumerate(as_completed(running), 1):
-                i = running[future]
-                fits[i], clips[i] = future.result()
-                heartbeat(0.95 * (n - len(todo) + done) / n, n - len(todo) + done)
+            try:
+                for done, future in enumerate(as_completed(running), 1):
+                    i = running[future]
+                    fits[i], clips[i] = future.result()
+                    heartbeat(0.95 * (n - len(todo) + done) / n, n - len(todo) + done)
+            except BaseException:
+                # A failed line or a cancelled activity: the lines being spoken finish (and
+                # are stored for the retry); the ones not started are dropped.
+                for future in running:
+                    future.cancel()
+                raise
             for i in range(n):
                 if clips[i] is None:
                     with self._store.local_path(clip_keys[i]) as p:

@@ -145,6 +145,42 @@ def test_synthesize_resumes_from_the_lines_already_stored(store: LocalStore,
     assert get_json(store, third.fits_key)[0]["text"] == "Bom dia a todos."
 
 
+def test_a_failed_line_stops_the_lines_not_yet_started(store: LocalStore,
+                                                       settings: Settings) -> None:
+    """Lines run in parallel; when one fails, those already being spoken finish (and are
+    stored), the rest are not started: a failing or cancelled stage does not keep the
+    worker busy with lines nobody will use."""
+    import numpy as np
+
+    from dubcore.errors import EngineError
+    from engines.synthesize import SpeechRouter, Voice
+
+    class Failing:
+        name, sample_rate_hz = "kokoro", 24_000
+        spoken: list[str] = []
+
+        def voices(self, language: str) -> list[Voice]:
+            return [Voice("kokoro:jm_kumo", "male"), Voice("kokoro:jf_nezumi", "female")]
+
+        def synthesize(self, text: str, language: str, voice: str, rate: float) -> np.ndarray:
+            self.spoken.append(text)
+            if text == "Obrigado por me receber.":
+                raise EngineError("the engine broke on this line")
+            return np.zeros(12_000, dtype=np.float32)
+
+    _script(store)
+    one_core = settings.model_copy(update={"worker_cores": 1})
+    acts = SynthesizeActivities(store, one_core)
+    engine = Failing()
+    acts.__dict__["engine"] = SpeechRouter([engine])  # type: ignore[list-item]
+    inp = SynthesizeInput("j", "p/script.json", "p/speech.wav", "pt-BR", 5_000, "p")
+    with pytest.raises(ApplicationError, match="broke on this line"):
+        ActivityEnvironment().run(acts.synthesize_speech, inp)
+    # Longest first: the failing line ran first, alone on its one core; the other never did.
+    assert engine.spoken == ["Obrigado por me receber."]
+    assert not (store.root / "p/lines/00000.json").exists()
+
+
 def test_every_stage_activity_on_the_sample(store: LocalStore, settings: Settings,
                                             sample_video: Path) -> None:
     """Each real activity alone, fed the previous one's output, on real engines."""

@@ -225,26 +225,33 @@ def run_job(stack: Stack, source: Path, out: Path) -> tuple[float, dict[str, flo
 
 def long_clip(sample: Path, minutes: float, dest: Path) -> Path:
     """The sample repeated to ``minutes`` (two voices over music, as the sample is): its
-    packets remuxed back to back, timestamps shifted, nothing re-encoded."""
+    packets remuxed back to back, each repetition's timestamps shifted past the previous
+    one's last decode time, nothing re-encoded."""
     reps = max(1, round(minutes * 60 / _duration_s(sample)))
     with av.open(str(dest), "w") as dst:
         outs: dict[int, Any] = {}
-        offset: dict[int, int] = {}
+        base: dict[int, int] = {}
         for _ in range(reps):
             with av.open(str(sample)) as src:
                 for s in src.streams:
                     if s.index not in outs:
                         outs[s.index] = dst.add_stream_from_template(s)
-                base = dict(offset)
+                first: dict[int, int] = {}
+                end: dict[int, int] = {}
                 for packet in src.demux():
                     if packet.dts is None or packet.pts is None:
                         continue
                     i = packet.stream.index
-                    packet.dts += base.get(i, 0)
-                    packet.pts += base.get(i, 0)
-                    offset[i] = max(offset.get(i, 0), packet.pts + (packet.duration or 0))
+                    first.setdefault(i, packet.dts)
+                    end[i] = packet.dts + (packet.duration or 1)
+                    shift = base.get(i, 0) - (first[i] if base.get(i) else 0)
+                    packet.dts += shift
+                    packet.pts += shift
                     packet.stream = outs[i]
                     dst.mux(packet)
+                for i, e in end.items():
+                    start_of_rep = base.get(i, 0) - (first[i] if base.get(i) else 0)
+                    base[i] = start_of_rep + e
     return dest
 
 

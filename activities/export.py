@@ -57,9 +57,10 @@ class ExportActivities(StageActivities):
         with self._store.local_path(source) as src, scratch() as tmp:
             if req.format in (ExportFormat.MP3, ExportFormat.FLAC):
                 heartbeat(0.1)
-                mixed, rate = audio.read_wav(src)
                 out = tmp / f"export.{req.format.value}"
-                media.encode_audio(mixed, rate, out, req.format.value)
+                with audio.WavReader(Path(src)) as mixed:
+                    media.encode_audio(mixed.blocks(), mixed.rate_hz, out, req.format.value,
+                                       channels=mixed.channels)
                 self._store.put_file(key, out, content_type)
             else:
                 self._store.put_file(key, Path(src), content_type)

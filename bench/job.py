@@ -8,6 +8,9 @@ both alike.
 
     .venv/bin/python -m bench.job [--runs 3] [--sample samples/two_speakers_en.mp4]
                                   [--clip-minutes 10]   # also a long clip of the same kind
+                                  [--long-minutes 60]   # one job on an hour: wall time,
+                                                        # peak RSS per worker, history size
+                                  [--upload-gb 2]       # upload speed and the API's RSS
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ class Stack:
     api_url: str
     api_key: str
     started_s: float
+    temporal_port: int
 
     def workers(self) -> dict[str, int]:
         """Name -> pid of the stack's worker processes (the lip-sync one runs in the
@@ -154,9 +158,24 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def reset_peak_rss(pids: list[int]) -> None:
+    """Start each process's peak RSS (VmHWM) afresh, so the next reading is of what comes
+    next (Linux: writing 5 to clear_refs)."""
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def peak_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM:")
+
+
+def rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmRSS:")
+
+
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -189,7 +208,7 @@ def start_stack(root: Path) -> Stack:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    return Stack(root, proc, url, key_file.read_text().strip(), started)
+    return Stack(root, proc, url, key_file.read_text().strip(), started, cfg["port"])
 
 
 def wait_warm(stack: Stack, timeout_s: float = 600) -> float:
@@ -211,7 +230,7 @@ def run_job(stack: Stack, source: Path, out: Path) -> tuple[float, dict[str, flo
         job_id = client.upload(source)
         client.start(job_id, source_language="en", target_language=TARGET,
                      mixing_mode="voiceover_without_original_voice")
-        job = client.wait(job_id)
+        job = client.wait(job_id, timeout_s=max(3600.0, 4 * _duration_s(source)))
         if job["status"] != "completed":
             raise SystemExit(f"job {job_id} {job['status']}: {json.dumps(job.get('error'))}")
         client.download(job_id, out)
@@ -260,6 +279,39 @@ def _duration_s(path: Path) -> float:
         return float(c.duration or 0) / 1_000_000
 
 
+# ---- an hour of media ---------------------------------------------------------------------
+
+def long_job(stack: Stack, sample: Path, minutes: float, root: Path) -> dict[str, Any]:
+    """One job on ``minutes`` of the sample looped: its wall time and stage times, every
+    worker's peak RSS during it, and the largest workflow history it left (events and
+    bytes, against Temporal's limits of 51,200 events and 50 MB)."""
+    clip = long_clip(sample, minutes, root / "hour.mp4")
+    workers = stack.workers()
+    reset_peak_rss(list(workers.values()))
+    wall, stages = run_job(stack, clip, root / "out" / "hour.mp4")
+    rss = {name: peak_rss_mb(pid) for name, pid in workers.items()}
+    events, size = _largest_history(stack)
+    return {"media_s": _duration_s(clip), "wall_s": wall, "stages": stages, "rss": rss,
+            "history_events": events, "history_bytes": size}
+
+
+def _largest_history(stack: Stack) -> tuple[int, int]:
+    import asyncio
+
+    from temporalio.client import Client
+
+    async def scan() -> tuple[int, int]:
+        client = await Client.connect(f"127.0.0.1:{stack.temporal_port}")
+        most_events = most_bytes = 0
+        async for wf in client.list_workflows():
+            history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+            most_events = max(most_events, len(history.events))
+            most_bytes = max(most_bytes, len(history.to_json().encode()))
+        return most_events, most_bytes
+
+    return asyncio.run(scan())
+
+
 # ---- uploads at disk speed ----------------------------------------------------------------
 
 def upload_figures(stack: Stack, gigabytes: float, root: Path) -> dict[str, float]:
@@ -278,6 +330,8 @@ def upload_figures(stack: Stack, gigabytes: float, root: Path) -> dict[str, floa
     (root / "copy.bin").unlink()
     api = next(pid for pid in _children(stack.proc.pid)
                if b"api" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+    before = rss_mb(api)
+    reset_peak_rss([api])
     t0 = time.perf_counter()
     with DubClient(stack.api_url, stack.api_key, timeout_s=600) as client:
         client.upload(big)
@@ -285,7 +339,8 @@ def upload_figures(stack: Stack, gigabytes: float, root: Path) -> dict[str, floa
     upload_s = time.perf_counter() - t0
     big.unlink()
     return {"size_gb": size / 1e9, "copy_mb_s": size / 1e6 / copy_s,
-            "upload_mb_s": size / 1e6 / upload_s, "api_peak_rss_mb": peak_rss_mb(api)}
+            "upload_mb_s": size / 1e6 / upload_s, "api_rss_before_mb": before,
+            "api_peak_rss_mb": peak_rss_mb(api)}
 
 
 # ---- the tables --------------------------------------------------------------------------
@@ -332,6 +387,9 @@ def main() -> None:
     parser.add_argument("--sample", type=Path, default=SAMPLE)
     parser.add_argument("--clip-minutes", type=float, default=0,
                         help="also measure a clip of this many minutes (e.g. 10)")
+    parser.add_argument("--long-minutes", type=float, default=0,
+                        help="also one job on this many minutes (e.g. 60): wall time, peak "
+                             "RSS per worker, history size")
     parser.add_argument("--upload-gb", type=float, default=0,
                         help="also upload a file this large (e.g. 2) against a local copy")
     args = parser.parse_args()
@@ -354,6 +412,8 @@ def main() -> None:
                 clip = long_clip(args.sample, args.clip_minutes, root / "long.mp4")
                 long_fig = measure(stack, anchor, clip, args.runs, out)
             rss = {name: peak_rss_mb(pid) for name, pid in stack.workers().items()}
+            hour = (long_job(stack, args.sample, args.long_minutes, root)
+                    if args.long_minutes else None)
             uploads = upload_figures(stack, args.upload_gb, root) if args.upload_gb else None
         finally:
             stack.stop()
@@ -369,12 +429,25 @@ def main() -> None:
     print("| worker | peak RSS (MB) |", "|---|---:|", sep="\n")
     for name, mb in sorted(rss.items()):
         print(f"| {name} | {mb:.0f} |")
+    if hour:
+        print(f"\n**One job on {hour['media_s'] / 60:.0f} minutes** of the sample looped\n",
+              "| | |", "|---|---:|", sep="\n")
+        print(f"| wall time | {hour['wall_s']:.0f} s (real-time factor "
+              f"{hour['wall_s'] / hour['media_s']:.2f}) |")
+        for stage in STAGE_ORDER:
+            if stage in hour["stages"]:
+                print(f"| {stage} | {hour['stages'][stage]:.0f} s |")
+        for name, mb in sorted(hour["rss"].items()):
+            print(f"| {name} peak RSS during it | {mb:.0f} MB |")
+        print(f"| largest workflow history | {hour['history_events']} events, "
+              f"{hour['history_bytes'] / 1e3:.0f} kB |")
     if uploads:
         print(f"\n| upload of {uploads['size_gb']:.1f} GB | |", "|---|---:|", sep="\n")
         print(f"| local file copy | {uploads['copy_mb_s']:.0f} MB/s |")
         print(f"| through the API | {uploads['upload_mb_s']:.0f} MB/s "
               f"({100 * uploads['upload_mb_s'] / uploads['copy_mb_s']:.0f} % of the copy) |")
-        print(f"| API peak RSS | {uploads['api_peak_rss_mb']:.0f} MB |")
+        print(f"| API RSS before the upload | {uploads['api_rss_before_mb']:.0f} MB |")
+        print(f"| API peak RSS during it | {uploads['api_peak_rss_mb']:.0f} MB |")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import cast
@@ -24,26 +25,44 @@ OUTPUT_AUDIO_RATE_HZ = 48_000
 OUTPUT_AUDIO_BITRATE = 192_000
 
 
-def decode_audio(path: Path, rate_hz: int, channels: int) -> np.ndarray:
-    """Decode the first audio stream, resampled to ``rate_hz`` with 1 or 2 channels.
-
-    Returns float32 (channels, samples)."""
+def decode_blocks(path: Path, rate_hz: int, channels: int) -> Iterator[np.ndarray]:
+    """Decode the first audio stream, resampled to ``rate_hz`` with 1 or 2 channels, as
+    float32 (channels, samples) blocks in order (each a few decoded frames, so memory stays
+    flat however long the media)."""
     layout = "mono" if channels == 1 else "stereo"
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate_hz)
-    chunks: list[np.ndarray] = []
+    produced = False
     try:
         with open_media(path) as c:
             stream = c.streams.audio[0]
+            pending: list[np.ndarray] = []
+            size = 0
             for frame in c.decode(stream):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray())
+                    pending.append(out.to_ndarray())
+                    size += pending[-1].shape[1]
+                if size >= _DECODE_BLOCK:
+                    produced = True
+                    yield np.concatenate(pending, axis=1).astype(np.float32, copy=False)
+                    pending, size = [], 0
+            pending += [out.to_ndarray() for out in resampler.resample(None)]
+            if pending and sum(p.shape[1] for p in pending):
+                produced = True
+                yield np.concatenate(pending, axis=1).astype(np.float32, copy=False)
     except av.error.FFmpegError as e:
         raise CorruptMediaError(f"the audio track could not be decoded: {e}") from e
-    if not chunks:
+    if not produced:
         raise CorruptMediaError("the audio track holds no decodable samples")
-    return np.concatenate(chunks, axis=1).astype(np.float32)
+
+
+#: Samples per block :func:`decode_blocks` yields (about 5 s at 48 kHz).
+_DECODE_BLOCK = 1 << 18
+
+
+def decode_audio(path: Path, rate_hz: int, channels: int) -> np.ndarray:
+    """The whole first audio stream as one float32 (channels, samples) array (for short
+    media; stages stream with :func:`decode_blocks`)."""
+    return np.concatenate(list(decode_blocks(path, rate_hz, channels)), axis=1)
 
 
 #: The largest factor one atempo filter takes well (FFmpeg chains stages for more).
@@ -93,9 +112,10 @@ def time_stretch(audio: np.ndarray, rate_hz: int, speed: float) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def mux(source: Path, audio: np.ndarray, audio_rate_hz: int, output: Path,
-        video_source: Path | None = None) -> bool:
-    """Write an MP4: the video of ``video_source`` (default ``source``) plus ``audio``.
+def mux(source: Path, audio: Audio, audio_rate_hz: int, output: Path,
+        video_source: Path | None = None, channels: int | None = None) -> bool:
+    """Write an MP4: the video of ``video_source`` (default ``source``) plus ``audio``
+    (an array, or blocks of ``channels`` channels streamed from a file).
 
     The video stream is copied when MP4 can carry it, else re-encoded with H.264 at the same
     resolution and frame rate. Returns True when the video was copied."""
@@ -112,7 +132,7 @@ def mux(source: Path, audio: np.ndarray, audio_rate_hz: int, output: Path,
             vout.width, vout.height = vin.codec_context.width, vin.codec_context.height
             vout.pix_fmt = "yuv420p"
         aout = out.add_stream("aac", rate=audio_rate_hz)
-        aout.layout = "stereo" if audio.shape[0] == 2 else "mono"
+        aout.layout = "stereo" if _channels(audio, channels) == 2 else "mono"
         aout.bit_rate = OUTPUT_AUDIO_BITRATE
 
         if vin is not None and vout is not None:
@@ -131,18 +151,35 @@ def mux(source: Path, audio: np.ndarray, audio_rate_hz: int, output: Path,
     return copied
 
 
+#: Audio to encode: one (channels, samples) array, or its blocks in order.
+Audio = np.ndarray | Iterable[np.ndarray]
+
+
+def _channels(audio: Audio, channels: int | None) -> int:
+    if isinstance(audio, np.ndarray):
+        return int(np.atleast_2d(audio).shape[0])
+    if channels is None:
+        raise ValueError("streamed audio needs its channel count")
+    return channels
+
+
 def _encode(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream,
-            audio: np.ndarray, rate_hz: int) -> None:
-    """Encode ``audio`` (channels, samples) into ``stream`` in blocks, then flush it."""
-    layout = "stereo" if audio.shape[0] == 2 else "mono"
-    block = 1024 * 32
-    for start in range(0, audio.shape[1], block):
-        chunk = np.ascontiguousarray(audio[:, start:start + block], dtype=np.float32)
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-        frame.sample_rate = rate_hz
-        frame.pts = start
-        frame.time_base = Fraction(1, rate_hz)
-        out.mux(stream.encode(frame))
+            audio: Audio, rate_hz: int) -> None:
+    """Encode ``audio`` into ``stream`` in frames of 32768 samples, then flush it."""
+    frame_samples = 1024 * 32
+    blocks = [np.atleast_2d(audio)] if isinstance(audio, np.ndarray) else audio
+    pts = 0
+    for block in blocks:
+        layout = "stereo" if block.shape[0] == 2 else "mono"
+        for start in range(0, block.shape[1], frame_samples):
+            chunk = np.ascontiguousarray(block[:, start:start + frame_samples],
+                                         dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+            frame.sample_rate = rate_hz
+            frame.pts = pts
+            frame.time_base = Fraction(1, rate_hz)
+            pts += chunk.shape[1]
+            out.mux(stream.encode(frame))
     out.mux(stream.encode(None))
 
 
@@ -153,10 +190,11 @@ AUDIO_EXPORTS: dict[str, tuple[str, str, int | None]] = {
 }
 
 
-def encode_audio(audio: np.ndarray, rate_hz: int, output: Path, fmt: str) -> None:
-    """Write ``audio`` (channels, samples) as an MP3 or FLAC file."""
+def encode_audio(audio: Audio, rate_hz: int, output: Path, fmt: str,
+                 channels: int | None = None) -> None:
+    """Write ``audio`` (an array, or blocks of ``channels`` channels) as MP3 or FLAC."""
     container, codec, bit_rate = AUDIO_EXPORTS[fmt]
-    layout = "stereo" if audio.shape[0] == 2 else "mono"
+    layout = "stereo" if _channels(audio, channels) == 2 else "mono"
     with av.open(str(output), mode="w", format=container) as out:
         stream = cast(av.audio.stream.AudioStream, out.add_stream(codec, rate=rate_hz))
         stream.layout = layout
@@ -169,9 +207,17 @@ def cut(source: Path, output: Path, start_ms: int, end_ms: int) -> None:
     """Write the ``start_ms``..``end_ms`` part of ``source`` as an MP4: the video re-encoded
     with H.264 (frame-accurate, same size and rate), the audio cut to the sample (AAC)."""
     start_s, end_s = start_ms / 1000, end_ms / 1000
-    audio = decode_audio(source, OUTPUT_AUDIO_RATE_HZ, 2)
-    audio = audio[:, start_ms * OUTPUT_AUDIO_RATE_HZ // 1000: end_ms * OUTPUT_AUDIO_RATE_HZ
-                  // 1000]
+    first = start_ms * OUTPUT_AUDIO_RATE_HZ // 1000
+    last = end_ms * OUTPUT_AUDIO_RATE_HZ // 1000
+    kept, at = [], 0  # only the range is held, however long the source
+    for block in decode_blocks(source, OUTPUT_AUDIO_RATE_HZ, 2):
+        a, b = max(first, at), min(last, at + block.shape[1])
+        if b > a:
+            kept.append(block[:, a - at:b - at])
+        at += block.shape[1]
+        if at >= last:
+            break
+    audio = np.concatenate(kept, axis=1) if kept else np.zeros((2, 0), np.float32)
     if audio.shape[1] == 0:
         raise CorruptMediaError(f"the media has no audio between {start_ms} and {end_ms} ms")
     with open_media(source) as inp, av.open(str(output), mode="w", format="mp4") as out:

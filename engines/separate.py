@@ -7,10 +7,8 @@ minus the dialogue. A production engine (demucs) plugs in behind ``Separator``.
 
 from __future__ import annotations
 
-import contextvars
 import ctypes
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +59,95 @@ class _DfLib:
         self.lib = lib
 
 
+class SeparationStream(Protocol):
+    """A separator fed the master block by block (an engine with state across blocks)."""
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """The next (channels, n) block in; the dialogue of the samples that follow the
+        ones returned so far out (an engine that lags its input returns fewer at first)."""
+        ...
+
+    def flush(self) -> np.ndarray:
+        """The rest of the dialogue: in all, exactly as many samples as were pushed."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class _ChannelFilter:
+    """One channel through DeepFilterNet, hop by hop, its state kept across blocks; the
+    model's 30 ms lag is taken out, so sample i of the output is sample i of the input."""
+
+    def __init__(self, df: _DfLib) -> None:
+        self._lib = df.lib
+        self._state = self._lib.df_create(os.fspath(df.model_path).encode(),
+                                          NO_ATTENUATION_LIMIT_DB, None)
+        self._hop = int(self._lib.df_get_frame_length(self._state))
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._skip = ALGORITHMIC_DELAY  # output samples still to drop (the lag)
+        self._pushed = 0
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        self._pushed += x.size
+        return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        buf = np.ascontiguousarray(np.concatenate([self._pending, x]), dtype=np.float32)
+        frames = buf.size // self._hop
+        whole = frames * self._hop
+        out = np.empty(whole, dtype=np.float32)
+        base_in, base_out = buf.ctypes.data, out.ctypes.data
+        for i in range(frames):
+            offset = 4 * i * self._hop
+            self._lib.df_process_frame(self._state, base_in + offset, base_out + offset)
+        self._pending = buf[whole:].copy()
+        drop = min(self._skip, whole)
+        self._skip -= drop
+        return out[drop:]
+
+    def flush(self, emitted: int) -> np.ndarray:
+        """Zeros through the filter until every pushed sample has come out."""
+        rest = self._pushed - emitted
+        need = rest + self._skip - self._pending.size
+        zeros = np.zeros(max(0, need) + (-(self._pending.size + max(0, need))) % self._hop,
+                         dtype=np.float32)
+        return self._run(zeros)[:rest]
+
+    def close(self) -> None:
+        if self._state:
+            self._lib.df_free(self._state)
+            self._state = None
+
+
+class _DeepFilterStream:
+    def __init__(self, df: _DfLib, channels: int, cores: int) -> None:
+        self._filters = [_ChannelFilter(df) for _ in range(channels)]
+        self._pool = ThreadPoolExecutor(max(1, min(channels, cores)))
+        self._emitted = 0
+
+    def _each(self, work: Callable[[int], np.ndarray]) -> np.ndarray:
+        # Each channel has its own filter state, so channels run at once, one core each
+        # (the library releases the GIL).
+        outs = list(self._pool.map(work, range(len(self._filters))))
+        n = min(o.size for o in outs)
+        self._emitted += n
+        return np.stack([o[:n] for o in outs])
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        block = np.atleast_2d(block).astype(np.float32, copy=False)
+        return self._each(lambda ch: self._filters[ch].push(block[ch]))
+
+    def flush(self) -> np.ndarray:
+        emitted = self._emitted
+        return self._each(lambda ch: self._filters[ch].flush(emitted))
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        for f in self._filters:
+            f.close()
+
+
 class DeepFilterSeparator:
     name = "deepfilternet3"
 
@@ -68,57 +155,34 @@ class DeepFilterSeparator:
         self._df = _DfLib()
         self._cores = cores
 
-    def _enhance(self, x: np.ndarray, progress: Callable[[float], None] | None) -> np.ndarray:
-        lib = self._df.lib
-        state = lib.df_create(os.fspath(self._df.model_path).encode(),
-                              NO_ATTENUATION_LIMIT_DB, None)
-        try:
-            hop = int(lib.df_get_frame_length(state))
-            n = x.size
-            pad = ALGORITHMIC_DELAY + (-(n + ALGORITHMIC_DELAY)) % hop
-            xp = np.ascontiguousarray(np.concatenate([x, np.zeros(pad, np.float32)]),
-                                      dtype=np.float32)
-            out = np.empty_like(xp)
-            base_in, base_out = xp.ctypes.data, out.ctypes.data
-            frames = xp.size // hop
-            report_every = max(1, frames // 20)
-            for i in range(frames):
-                offset = 4 * i * hop
-                lib.df_process_frame(state, base_in + offset, base_out + offset)
-                if progress and i % report_every == 0:
-                    progress(i / frames)
-            return out[ALGORITHMIC_DELAY:ALGORITHMIC_DELAY + n]
-        finally:
-            lib.df_free(state)
+    def stream(self, channels: int) -> _DeepFilterStream:
+        return _DeepFilterStream(self._df, channels, self._cores)
 
     def warm(self) -> None:
-        self._enhance(np.zeros(4_800, dtype=np.float32), None)
+        s = self.stream(1)
+        try:
+            s.push(np.zeros((1, 4_800), dtype=np.float32))
+            s.flush()
+        finally:
+            s.close()
 
     def separate(self, audio: np.ndarray,
                  progress: Callable[[float], None] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Each channel has its own filter state, so channels run at once, one core each
-        (the library releases the GIL)."""
+        """The whole array through :meth:`stream`, in blocks of 10 s."""
         audio = np.atleast_2d(audio).astype(np.float32)
-        channels = audio.shape[0]
-        dialogue = np.empty_like(audio)
-        done = [0.0] * channels
-        lock = threading.Lock()
-
-        def one(ch: int) -> None:
-            def channel_progress(f: float) -> None:
-                with lock:
-                    done[ch] = f
-                    if progress:
-                        progress(sum(done) / channels)
-
-            dialogue[ch] = self._enhance(audio[ch], channel_progress)
-
-        with ThreadPoolExecutor(max(1, min(channels, self._cores))) as pool:
-            # Each task runs in a copy of this context: its progress reaches the activity.
-            for future in [pool.submit(contextvars.copy_context().run, one, ch)
-                           for ch in range(channels)]:
-                future.result()
+        block = 480_000
+        s = self.stream(audio.shape[0])
+        try:
+            parts = []
+            for start in range(0, audio.shape[1], block):
+                parts.append(s.push(audio[:, start:start + block]))
+                if progress:
+                    progress(min(1.0, (start + block) / max(1, audio.shape[1])))
+            parts.append(s.flush())
+        finally:
+            s.close()
+        dialogue = np.concatenate(parts, axis=1)
         return dialogue, audio - dialogue
 
 

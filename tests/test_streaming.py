@@ -1,0 +1,219 @@
+"""Long media in bounded memory: the streamed pieces give what the whole-array ones give,
+however the stream is cut, and the streamed stages hold blocks, not the file."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from temporalio.testing import ActivityEnvironment
+
+from activities.media import MediaActivities
+from activities.separate import SeparateActivities
+from dubcore.contracts import MixingMode, MixInput, ProbeInput, SeparateInput
+from dubcore.settings import Settings
+from dubcore.storage import LocalStore, make_store
+from engines import audio
+from engines.mix import duck_levels, mix
+
+RATE = 48_000
+
+
+def _cuts(x: np.ndarray, sizes: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """``x`` (channels, n) in blocks of the given sizes, round robin."""
+    at, k = 0, 0
+    while at < x.shape[-1]:
+        yield x[..., at:at + sizes[k % len(sizes)]]
+        at += sizes[k % len(sizes)]
+        k += 1
+
+
+def _speechlike(seconds: float, seed: int = 3) -> np.ndarray:
+    """Stereo: bursts of a vowel-like tone (speech) on and off, over a soft chord."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    gate = (np.sin(2 * np.pi * 0.7 * t) > 0.2).astype(np.float32)
+    voice = 0.3 * gate * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    bed = 0.05 * (np.sin(2 * np.pi * 261.6 * t) + np.sin(2 * np.pi * 392 * t))
+    left = voice + bed + 0.003 * rng.standard_normal(t.size)
+    return np.stack([left, 0.8 * left]).astype(np.float32)
+
+
+def _reference_loudness(x: np.ndarray, rate: int) -> float:
+    """BS.1770-4 written out on the whole array (the definition the meter streams)."""
+    from scipy.signal import lfilter
+
+    from engines.audio import _k_weighting
+
+    y = x.astype(np.float64)
+    for b, a in _k_weighting(rate):
+        y = lfilter(b, a, y, axis=-1)
+    block, step = int(0.4 * rate), int(0.1 * rate)
+    z = np.array([(y[:, s:s + block] ** 2).mean(axis=-1).sum()
+                  for s in range(0, y.shape[-1] - block + 1, step)])
+    lk = -0.691 + 10 * np.log10(z)
+    z = z[lk > -70]
+    rel = -0.691 + 10 * np.log10(z.mean()) - 10
+    z = z[-0.691 + 10 * np.log10(z) > rel]
+    return float(-0.691 + 10 * np.log10(z.mean()))
+
+
+def test_loudness_meter_does_not_depend_on_how_the_stream_is_cut() -> None:
+    x = _speechlike(7.3)
+    whole = audio.integrated_loudness(x, RATE)
+    meter = audio.LoudnessMeter(RATE, 2)
+    for block in _cuts(x, (1, 4799, 12_345, 100_000)):
+        meter.push(block)
+    assert abs(meter.value() - whole) < 1e-9
+    assert abs(whole - _reference_loudness(x, RATE)) < 1e-6
+    assert audio.integrated_loudness(x[:, : int(0.39 * RATE)], RATE) == float("-inf")
+    assert audio.integrated_loudness(np.zeros((2, RATE), np.float32), RATE) == float("-inf")
+
+
+def test_wav_blocks_round_trip(tmp_path: Path) -> None:
+    x = _speechlike(3.1)
+    with audio.WavWriter(tmp_path / "a.wav", RATE, 2) as w:
+        for block in _cuts(x, (1000, 77_777)):
+            w.write(block)
+    whole, rate = audio.read_wav(tmp_path / "a.wav")
+    assert rate == RATE and whole.shape == x.shape
+    assert np.abs(whole - x).max() <= 0.5 / audio.INT16_SCALE + 1e-7  # 16-bit rounding only
+    with audio.WavReader(tmp_path / "a.wav") as r:
+        assert (r.channels, r.rate_hz, r.frames) == (2, RATE, x.shape[1])
+        assert np.array_equal(r.read(50_000, 1234), whole[:, 50_000:51_234])
+        assert np.array_equal(np.concatenate(list(r.blocks(30_000)), axis=1), whole)
+        assert r.read(x.shape[1] - 10, 100).shape == (2, 10)  # short at the end
+
+
+def test_duck_levels_do_not_depend_on_how_the_dub_is_cut() -> None:
+    voice = _speechlike(4.2)[0]
+    whole = duck_levels([voice], RATE)
+    assert np.array_equal(duck_levels(_cuts(voice, (2399, 48_000, 5)), RATE), whole)
+    assert whole.size == int(np.ceil(voice.size / 2400)) and 0 < whole.mean() < 1
+
+
+def test_stream_resampler_joins_blocks_without_seams() -> None:
+    x = _speechlike(2.0)[0]
+    one = audio.StreamResampler(RATE, 16_000)
+    whole = np.concatenate([one.push(x), one.push(None)])
+    cut = audio.StreamResampler(RATE, 16_000)
+    parts = [cut.push(b) for b in _cuts(x, (4410, 999, 30_000))] + [cut.push(None)]
+    streamed = np.concatenate(parts)
+    assert abs(whole.size - x.size / 3) <= 2 and streamed.size == whole.size
+    assert np.abs(streamed - whole).max() < 1e-5
+    reference = audio.resample(x, RATE, 16_000)  # the whole-array (scipy) path agrees
+    n = min(reference.size, whole.size)
+    assert np.corrcoef(reference[:n], whole[:n])[0, 1] > 0.999
+
+
+@pytest.mark.models
+def test_deepfilternet_stream_is_exact_and_in_time() -> None:
+    """Fed in blocks of any size, the separator gives the whole-array result sample for
+    sample, as long as its input, with its 30 ms lag taken out."""
+    from engines.separate import DeepFilterSeparator
+
+    sep = DeepFilterSeparator(cores=2)
+    x = _speechlike(3.0)
+    dialogue, background = sep.separate(x)
+    assert dialogue.shape == x.shape and np.allclose(dialogue + background, x, atol=1e-6)
+    stream = sep.stream(2)
+    try:
+        parts = [stream.push(b) for b in _cuts(x, (7777, 480, 1, 60_000))] + [stream.flush()]
+    finally:
+        stream.close()
+    assert np.array_equal(np.concatenate(parts, axis=1), dialogue)
+    # In time: the dialogue lines up with the voice in the input at lag 0.
+    lags = range(-2000, 2001, 40)
+    corr = [float(np.dot(np.roll(dialogue[0], lag), x[0])) for lag in lags]
+    assert abs(list(lags)[int(np.argmax(corr))]) <= 40
+
+
+# ---- the stages on a long input, with the memory they hold -----------------------------------
+
+SECONDS = 60.0
+#: One whole-file float32 copy of the 48 kHz stereo master of SECONDS.
+WHOLE_COPY = int(SECONDS * RATE) * 2 * 4
+
+
+@pytest.fixture
+def settings(tmp_path: Path, models_dir: Path) -> Settings:
+    return Settings(data_dir=tmp_path, model_cache_dir=models_dir)
+
+
+@pytest.fixture
+def store(settings: Settings) -> LocalStore:
+    s = make_store(settings)
+    assert isinstance(s, LocalStore)
+    return s
+
+
+def _peak(run: Callable[[], Any]) -> tuple[Any, int]:
+    """(result, peak bytes numpy and Python allocated while ``run`` ran)."""
+    tracemalloc.start()
+    try:
+        result = run()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.models
+def test_long_media_stages_hold_blocks_not_the_file(store: LocalStore, settings: Settings,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe, separate and mix a minute (a 44.1 kHz source, so probe resamples) in 1 s
+    blocks: each holds a small fraction of one whole-file copy of the master (what it
+    holds follows the block, not the media's length), and the stems add up."""
+    from engines import media
+
+    monkeypatch.setattr(audio, "STREAM_BLOCK", RATE)
+    monkeypatch.setattr(media, "_DECODE_BLOCK", RATE // 2)
+    source = _speechlike(SECONDS)
+    source = audio.resample(source, RATE, 44_100)
+    audio.write_wav(tmp_path / "source.wav", source, 44_100)
+    store.put_file("uploads/j/source.wav", tmp_path / "source.wav")
+    env, p = ActivityEnvironment(), "jobs/j/es"
+    acts = MediaActivities(store, settings)
+
+    probe, peak = _peak(lambda: env.run(acts.probe_media,
+                                        ProbeInput("j", "uploads/j/source.wav", p)))
+    print(f"probe peak {peak / 1e6:.1f} MB of {WHOLE_COPY / 1e6:.0f}")
+    assert peak < WHOLE_COPY / 4, f"probe held {peak / 1e6:.0f} MB"
+    with store.local_path(probe.audio_key) as m, store.local_path(probe.speech_audio_key) as s:
+        master, _ = audio.read_wav(m)
+        speech, speech_rate = audio.read_wav(s)
+    assert master.shape == (2, int(SECONDS * RATE)) or abs(master.shape[1] - SECONDS * RATE) \
+        < RATE * 0.05
+    assert speech_rate == 16_000 and abs(speech.shape[1] - master.shape[1] / 3) < 16
+
+    sep, peak = _peak(lambda: env.run(SeparateActivities(store, settings).separate_audio,
+                                      SeparateInput("j", probe.audio_key, p)))
+    print(f"separate peak {peak / 1e6:.1f} MB")
+    assert peak < WHOLE_COPY / 4, f"separate held {peak / 1e6:.0f} MB"
+    with store.local_path(sep.dialogue_key) as d, store.local_path(sep.background_key) as b:
+        dialogue, _ = audio.read_wav(d)
+        background, _ = audio.read_wav(b)
+    assert dialogue.shape == background.shape == master.shape
+    assert np.abs(dialogue + background - master).max() < 3 / audio.INT16_SCALE
+
+    # A dub (the dialogue's left channel stands in for it) mixed over the original.
+    audio.write_wav(tmp_path / "dub.wav", dialogue[:1], RATE)
+    store.put_file(f"{p}/dub.wav", tmp_path / "dub.wav")
+    mode = MixingMode.VOICEOVER_WITH_ORIGINAL_TRACK
+    mixed, peak = _peak(lambda: env.run(acts.mix_and_remux, MixInput(
+        "j", "uploads/j/source.wav", f"{p}/dub.wav", probe.audio_key, sep.background_key,
+        mode, p)))
+    print(f"mix peak {peak / 1e6:.1f} MB")
+    assert peak < WHOLE_COPY / 4, f"mix held {peak / 1e6:.0f} MB"
+    assert abs(mixed.loudness_lufs - settings.loudness_target_lufs) < 0.5
+    assert abs(mixed.duration_ms - SECONDS * 1000) < 100
+    # The streamed mix is the whole-array mix at the gain it chose.
+    with store.local_path(mixed.audio_key) as path:
+        got, _ = audio.read_wav(path)
+    want = audio.gain_and_limit(mix(mode, dialogue[:1], master, background, RATE),
+                                mixed.gain_db)
+    assert got.shape == want.shape and np.abs(got - want).max() < 2 / audio.INT16_SCALE

@@ -7,6 +7,7 @@ reuses every line already in the store and synthesizes only the rest.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cached_property
@@ -24,13 +25,14 @@ from dubcore.languages import CLONE
 from dubcore.storage import get_json, put_json
 from engines import audio
 from engines.diarize import Turn
+from engines.media import time_stretch
 from engines.synthesize import (
     SpeechEngine,
     SpeechRouter,
     assign_voices,
 )
 from engines.synthesize_xtts import pick_reference
-from engines.timing import Fit, fit_line, place
+from engines.timing import Fit, fit_line, layout, render
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,6 @@ class SynthesizeActivities(StageActivities):
 
         n = len(script)
         fits: list[Fit | None] = [None] * n
-        clips: list[np.ndarray | None] = [None] * n
         clip_keys = [f"{inp.prefix}/lines/{i:05d}.wav" for i in range(n)]
         pinned: list[int | None] = [None] * n
         todo: list[int] = []
@@ -99,6 +100,8 @@ class SynthesizeActivities(StageActivities):
         calls = _Counter()
         with scratch() as tmp, ThreadPoolExecutor(
                 max(1, self._settings.cores()), thread_name_prefix="synthesize") as pool:
+            # Each line's clip as stored: made here (kept on scratch disk) or read back.
+            local: dict[int, Path] = {}
             # One line per core at once, longest first (so no long line runs alone at the
             # end); each is stored as soon as it is made, so a retry resumes after every
             # finished line whatever order they finished in.
@@ -108,7 +111,7 @@ class SynthesizeActivities(StageActivities):
             try:
                 for done, future in enumerate(as_completed(running), 1):
                     i = running[future]
-                    fits[i], clips[i] = future.result()
+                    fits[i], local[i] = future.result()
                     heartbeat(0.95 * (n - len(todo) + done) / n, n - len(todo) + done)
             except BaseException:
                 # A failed line or a cancelled activity: the lines being spoken finish (and
@@ -117,14 +120,31 @@ class SynthesizeActivities(StageActivities):
                     future.cancel()
                 raise
             for i in range(n):
-                if clips[i] is None:
+                if i not in local:
+                    local[i] = tmp / f"line-{i:05d}.wav"
                     with self._store.local_path(clip_keys[i]) as p:
-                        clips[i] = audio.read_wav(p)[0][0]
+                        shutil.copyfile(p, local[i])
             laid = [f for f in fits if f is not None]
-            track = place(laid, [c for c in clips if c is not None], inp.duration_ms,
-                          OUT_RATE_HZ, pinned)
+
+            def clip(i: int) -> np.ndarray:
+                return audio.read_wav(local[i])[0][0]
+
+            def laid_clip(i: int) -> np.ndarray:
+                return squeezed[i] if i in squeezed else clip(i)
+
+            sizes = []
+            for i in range(n):
+                with audio.WavReader(local[i]) as r:
+                    sizes.append(r.frames)
+            squeezed = layout(laid, sizes, inp.duration_ms, OUT_RATE_HZ,
+                              lambda i, factor: time_stretch(clip(i), OUT_RATE_HZ, factor),
+                              pinned)
+            # The track block by block: an hour of dub holds a few lines in memory.
             dub_key = f"{inp.prefix}/dub.wav"
-            audio.write_wav(tmp / "dub.wav", track, OUT_RATE_HZ)
+            with audio.WavWriter(tmp / "dub.wav", OUT_RATE_HZ, 1) as track:
+                for block in render(laid, laid_clip,
+                                    inp.duration_ms, OUT_RATE_HZ, audio.STREAM_BLOCK):
+                    track.write(block)
             self._store.put_file(dub_key, tmp / "dub.wav", "audio/wav")
         made = len(todo)
         fits_key, speakers_key = f"{inp.prefix}/fits.json", f"{inp.prefix}/speakers.json"
@@ -222,17 +242,15 @@ class SynthesizeActivities(StageActivities):
 
     def _make_line(self, inp: SynthesizeInput, script: list[dict[str, Any]], i: int,
                    voice_of: dict[str, str], tmp: Path, calls: _Counter, clip_key: str
-                   ) -> tuple[Fit, np.ndarray]:
-        """Speak line ``i``, store its clip and then its fit; the clip as stored (16-bit),
-        exactly what a revision reuses."""
+                   ) -> tuple[Fit, Path]:
+        """Speak line ``i``, store its clip and then its fit; returns the fit and the clip
+        as stored (16-bit, exactly what a revision reuses), kept on scratch disk."""
         fit, clip = self._line(inp, script, i, voice_of[script[i]["speaker_id"]], calls)
         path = tmp / f"line-{i:05d}.wav"
         audio.write_wav(path, clip, OUT_RATE_HZ)
         self._store.put_file(clip_key, path, "audio/wav")
-        clip = audio.read_wav(path)[0][0]
-        path.unlink()
         put_json(self._store, clip_key[:-4] + ".json", fit.to_json())
-        return fit, clip
+        return fit, path
 
     def _line(self, inp: SynthesizeInput, script: list[dict[str, Any]], i: int,
               voice: str, calls: _Counter) -> tuple[Fit, np.ndarray]:

@@ -9,7 +9,7 @@ rather than a word dropped (``over_bound``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -130,10 +130,14 @@ def _predicted_rate(length_at: LengthAt, window_ms: int,
     return round(hi, 3)
 
 
-def place(fits: list[Fit], clips: list[np.ndarray], duration_ms: int,
-          rate_hz: int, pinned: list[int | None] | None = None) -> np.ndarray:
-    """Lay the clips on a silent track of the media's length, shifting a line later when the
-    previous one overran, and squeezing the last ones (over the bound) rather than cutting.
+def layout(fits: list[Fit], sizes: list[int], duration_ms: int, rate_hz: int,
+           stretched: Callable[[int, float], np.ndarray],
+           pinned: list[int | None] | None = None) -> dict[int, np.ndarray]:
+    """Where each line goes on a track of the media's length, shifting a line later when
+    the previous one overran, and squeezing the last ones (over the bound) rather than
+    cutting. ``sizes`` are the clips' lengths in samples; the clips themselves are not
+    needed, except those squeezed at the end, which ``stretched(i, factor)`` makes. Updates
+    each fit's placement and returns the squeezed clips (line -> audio).
 
     ``pinned`` (per line, or None) is where a revision keeps an unchanged line: at its
     previous start, unless the line before it now runs into it (then it shifts as usual).
@@ -143,31 +147,62 @@ def place(fits: list[Fit], clips: list[np.ndarray], duration_ms: int,
     there is squeezed by one common factor, from the earliest line of that run that leaves
     it at most ``MAX_END_SQUEEZE`` (or from the first line), so the overrun is shared by
     the lines that caused it instead of crushing the last one."""
-    total = round(duration_ms * rate_hz / 1000)
-    track = np.zeros(total, dtype=np.float32)
     starts = [fit.start_ms if pinned is None or pinned[i] is None else int(pinned[i] or 0)
               for i, fit in enumerate(fits)]
-    lengths = [round(1000 * clip.size / rate_hz) for clip in clips]
+    lengths = [round(1000 * size / rate_hz) for size in sizes]
     placed = _lay(starts, lengths)
     squeeze_from, factor = _end_squeeze(starts, lengths, placed, duration_ms)
-    for i, (fit, clip) in enumerate(zip(fits, clips, strict=True)):
+    squeezed: dict[int, np.ndarray] = {}
+    for i, fit in enumerate(fits):
         if i >= squeeze_from and factor > 1.0:
-            clips[i] = clip = time_stretch(clip, rate_hz, factor)
-            lengths[i] = round(1000 * clip.size / rate_hz)
+            squeezed[i] = stretched(i, factor)
+            lengths[i] = round(1000 * squeezed[i].size / rate_hz)
             fit.over_bound = True
             fit.stretch = round(fit.stretch * factor, 3)
     placed = _lay(starts, lengths)
-    for fit, clip, start_ms, length_ms in zip(fits, clips, placed, lengths, strict=True):
-        a = round(start_ms * rate_hz / 1000)
-        b = min(total, a + clip.size)
-        if b > a:
-            track[a:b] += clip[: b - a]
+    for fit, start_ms, length_ms in zip(fits, placed, lengths, strict=True):
         fit.placed_start_ms = start_ms
         fit.placed_end_ms = start_ms + length_ms
         fit.final_ms = length_ms
         fit.shift_ms = start_ms - fit.start_ms
         fit.overflow_ms = max(0, fit.placed_end_ms - fit.end_ms)
-    return track
+    return squeezed
+
+
+def render(fits: list[Fit], clip: Callable[[int], np.ndarray], duration_ms: int,
+           rate_hz: int, block: int) -> Iterator[np.ndarray]:
+    """The track of laid-out lines, ``block`` samples at a time (the last one shorter):
+    ``clip(i)`` gives line i's audio when its first block comes, and it is let go after its
+    last, so the track never exists whole."""
+    total = round(duration_ms * rate_hz / 1000)
+    order = sorted(range(len(fits)), key=lambda i: fits[i].placed_start_ms)
+    live: dict[int, tuple[int, np.ndarray]] = {}  # line -> (first sample, audio)
+    nxt = 0
+    for a in range(0, total, block):
+        b = min(total, a + block)
+        while nxt < len(order) and round(fits[order[nxt]].placed_start_ms * rate_hz / 1000) < b:
+            i = order[nxt]
+            live[i] = (round(fits[i].placed_start_ms * rate_hz / 1000), clip(i))
+            nxt += 1
+        out = np.zeros(b - a, dtype=np.float32)
+        for i, (start, audio) in list(live.items()):
+            lo, hi = max(a, start), min(b, start + audio.size)
+            if hi > lo:
+                out[lo - a:hi - a] += audio[lo - start:hi - start]
+            if start + audio.size <= b:
+                del live[i]
+        yield out
+
+
+def place(fits: list[Fit], clips: list[np.ndarray], duration_ms: int,
+          rate_hz: int, pinned: list[int | None] | None = None) -> np.ndarray:
+    """:func:`layout` then :func:`render` into one array (short media, tests)."""
+    squeezed = layout(fits, [c.size for c in clips], duration_ms, rate_hz,
+                      lambda i, factor: time_stretch(clips[i], rate_hz, factor), pinned)
+    total = round(duration_ms * rate_hz / 1000)
+    parts = list(render(fits, lambda i: squeezed.get(i, clips[i]), duration_ms, rate_hz,
+                        max(1, total)))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
 #: The most the lines at the end of the media are squeezed together before earlier lines

@@ -26,6 +26,8 @@ WINDOW_S = 1.5  # one embedding per window: long enough for a stable voice print
 HOP_S = 0.75  # 50 % overlap
 EMBED_SAMPLES = 25_600  # Resemblyzer's partial utterance: 160 frames x 160 hop
 WINDOW_LEVEL_DBFS = -30.0  # Resemblyzer embeddings shift with loudness: level each window
+#: Windows per forward pass of the speaker encoder.
+EMBED_BATCH = 128
 #: Cosine-distance cut for average linkage. Tuned on synthetic voices (separable within
 #: 0.26..0.48); real recordings may want a different value (DUB_DIARIZE_THRESHOLD).
 DEFAULT_THRESHOLD = 0.35
@@ -125,7 +127,9 @@ class VadEmbeddingDiarizer:
         self.embed(noise, [(0, EMBED_SAMPLES)])
 
     def embed(self, audio: np.ndarray, windows: list[tuple[int, int]]) -> np.ndarray:
-        """(N, 256) L2-normalised voice prints, one batched forward pass."""
+        """(N, 256) L2-normalised voice prints, in batched forward passes of at most
+        ``EMBED_BATCH`` windows (an hour of speech has thousands: the LSTM's activations
+        for all of them at once would take gigabytes)."""
         import torch
         from resemblyzer.audio import wav_to_mel_spectrogram
 
@@ -138,8 +142,12 @@ class VadEmbeddingDiarizer:
                 seg = seg * np.float32(target / rms)
             seg = np.pad(seg, (0, EMBED_SAMPLES - seg.size))
             mels.append(wav_to_mel_spectrogram(seg)[:160])
+        out = []
         with torch.no_grad():
-            return np.asarray(self._encoder(torch.from_numpy(np.stack(mels))).numpy())
+            for k in range(0, len(mels), EMBED_BATCH):
+                batch = torch.from_numpy(np.stack(mels[k:k + EMBED_BATCH]))
+                out.append(np.asarray(self._encoder(batch).numpy()))
+        return np.concatenate(out) if out else np.zeros((0, 256), dtype=np.float32)
 
     def diarize(self, audio: np.ndarray, num_speakers: int = 0,
                 progress: Callable[[float], None] | None = None) -> list[Turn]:

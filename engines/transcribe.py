@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -141,6 +142,32 @@ class FasterWhisperTranscriber:
         return info.language, float(info.language_probability), words
 
 
+def part_bounds(duration_ms: int, turns: list[Turn], part_ms: int,
+                search_ms: int = 60_000) -> list[tuple[int, int]]:
+    """Long media in parts of about ``part_ms`` (each transcribed and stored on its own, so
+    a retry resumes after the last stored part and no decode holds the whole file), cut in
+    a pause between two turns within ``search_ms`` of each nominal boundary (else at it),
+    so no word is split. Media up to 1.5 parts long is one part."""
+    if duration_ms <= part_ms * 3 // 2:
+        return [(0, duration_ms)]
+    pauses: list[int] = []
+    end = 0
+    for t in sorted(turns, key=lambda t: t.start_ms):
+        if t.start_ms - end >= 200:
+            pauses.append((end + t.start_ms) // 2)
+        end = max(end, t.end_ms)
+    cuts: list[int] = []
+    target = part_ms
+    while target < duration_ms - part_ms // 2:
+        near = [c for c in pauses if abs(c - target) <= search_ms
+                and (not cuts or c > cuts[-1])]
+        cut = min(near, key=lambda c: abs(c - target)) if near else target
+        cuts.append(cut)
+        target = cut + part_ms
+    edges = [0, *cuts, duration_ms]
+    return list(pairwise(edges))
+
+
 def speaker_at(turns: list[Turn], ms: int) -> str:
     best, best_dist = turns[0].speaker_id, float("inf")
     for t in turns:
@@ -180,10 +207,16 @@ def segment_words(words: list[Word], turns: list[Turn]) -> list[Segment]:
 def transcribe(engine: Transcriber, audio: np.ndarray, turns: list[Turn], language: str | None,
                progress: Callable[[float], None] | None = None) -> Transcript:
     lang, prob, words = engine.transcribe(audio, language, progress)
+    return transcript_of(lang, prob, words, turns)
+
+
+def transcript_of(language: str, probability: float, words: list[Word], turns: list[Turn]
+                  ) -> Transcript:
+    """Recognised words grouped into per-speaker segments (none: NoSpeechError)."""
     segments = segment_words(words, turns)
     if not segments:
         raise NoSpeechError("no words were recognised in the audio, so there is nothing to dub")
-    return Transcript(language=lang, language_probability=prob, segments=segments)
+    return Transcript(language=language, language_probability=probability, segments=segments)
 
 
 def transcript_to_json(t: Transcript) -> list[dict[str, Any]]:

@@ -217,3 +217,64 @@ def test_long_media_stages_hold_blocks_not_the_file(store: LocalStore, settings:
     want = audio.gain_and_limit(mix(mode, dialogue[:1], master, background, RATE),
                                 mixed.gain_db)
     assert got.shape == want.shape and np.abs(got - want).max() < 2 / audio.INT16_SCALE
+
+
+# ---- transcription in parts, resumed after the last stored part ------------------------------
+
+def test_part_bounds_cut_in_pauses_near_each_boundary() -> None:
+    from engines.diarize import Turn
+    from engines.transcribe import part_bounds
+
+    turns = [Turn(start_ms=s, end_ms=s + 9_000, speaker_id="S1")
+             for s in range(0, 3_000_000, 10_000)]  # 9 s of speech, 1 s pauses
+    bounds = part_bounds(3_000_000, turns, 600_000)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 3_000_000
+    assert all(a < b for a, b in bounds) and len(bounds) == 5
+    for (_, end), (start, _) in zip(bounds, bounds[1:], strict=False):
+        assert end == start and end % 10_000 == 9_500  # the middle of a pause
+        assert not any(t.start_ms < end < t.end_ms for t in turns)
+    assert part_bounds(800_000, turns, 600_000) == [(0, 800_000)]  # short: one part
+    assert len(part_bounds(3_000_000, [], 600_000)) == 5  # no turns: at the nominal times
+
+
+def test_a_retried_transcription_resumes_after_the_stored_parts(
+        store: LocalStore, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import activities.transcribe as transcribe_activity
+    from activities.transcribe import TranscribeActivities
+    from dubcore.contracts import TranscribeInput
+    from dubcore.storage import get_json, put_json
+    from engines.transcribe import Word
+
+    monkeypatch.setattr(transcribe_activity, "PART_MS", 4_000)
+
+    class Engine:
+        name = "fake"
+
+        def __init__(self, fail_at: int | None) -> None:
+            self.calls: list[tuple[int, str | None]] = []
+            self.fail_at = fail_at
+
+        def transcribe(self, speech: np.ndarray, language: str | None, progress: Any = None
+                       ) -> tuple[str, float, list[Word]]:
+            self.calls.append((speech.size, language))
+            if len(self.calls) == self.fail_at:
+                raise RuntimeError("worker lost")
+            return "en", 0.9, [Word(100, 600, f" Part {len(self.calls)}.", 0.9)]
+
+    audio.write_wav(tmp_path / "s.wav", np.zeros((1, 16_000 * 13), np.float32), 16_000)
+    store.put_file("j/speech.wav", tmp_path / "s.wav")
+    put_json(store, "j/turns.json", [])
+    inp = TranscribeInput("j", "j/speech.wav", "j/turns.json", "j/en", language="auto")
+    acts = TranscribeActivities(store, settings)
+    first = Engine(fail_at=3)
+    acts.__dict__["engine"] = first
+    with pytest.raises(Exception, match="worker lost"):
+        ActivityEnvironment().run(acts.transcribe_speech, inp)
+    assert [lang for _, lang in first.calls] == [None, "en", "en"]  # parts 2.. in part 1's
+    retry = Engine(fail_at=None)
+    acts.__dict__["engine"] = retry
+    out = ActivityEnvironment().run(acts.transcribe_speech, inp)
+    assert len(retry.calls) == 1 and out.language == "en"  # only the part not stored
+    starts = [s["start_ms"] for s in get_json(store, out.transcript_key)]
+    assert starts == [100, 4_100, 8_100]  # each part's words at their place in the media

@@ -1,18 +1,27 @@
 """What a media file holds, read from its container header with PyAV (FFmpeg).
 
 Shared by the probe stage and by the API, which probes an upload itself before it quotes
-and reserves credits (a client's declared duration is never trusted).
+and reserves credits (a client's declared duration is never trusted). The API does so in a
+short-lived child process (:func:`probe_isolated`): FFmpeg never parses a user's file inside
+the API (a file that crashes it takes down the child only), and the API process does not
+carry FFmpeg's libraries (about 20 MB of its memory).
+
+    python -m dubcore.media_info LOCATION [TIMEOUT_S]   # the child: one JSON line
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import av
-import av.error
+from typing import TYPE_CHECKING
 
 from dubcore.errors import CorruptMediaError, UnsupportedMediaError
+
+if TYPE_CHECKING:
+    import av.container
 
 
 @dataclass
@@ -28,6 +37,9 @@ class MediaInfo:
 
 
 def open_media(location: str | Path, timeout_s: float | None = None) -> av.container.InputContainer:
+    import av
+    import av.error
+
     options = {"rw_timeout": str(int(timeout_s * 1e6))} if timeout_s else None
     try:
         return av.open(str(location), mode="r", options=options)
@@ -40,6 +52,8 @@ def open_media(location: str | Path, timeout_s: float | None = None) -> av.conta
 
 def probe(location: str | Path, timeout_s: float | None = None) -> MediaInfo:
     """Read the container's header: streams and duration (a path or an http(s) URL)."""
+    import av
+
     with open_media(location, timeout_s) as c:
         if not c.streams.audio:
             raise UnsupportedMediaError("the media has no audio track, so there is nothing to dub")
@@ -62,3 +76,47 @@ def probe(location: str | Path, timeout_s: float | None = None) -> MediaInfo:
             rate = video.average_rate or video.base_rate
             info.fps = float(rate) if rate else 0.0
         return info
+
+
+#: What the child may raise, by name: each crosses back as itself.
+_CHILD_ERRORS = {e.__name__: e for e in (UnsupportedMediaError, CorruptMediaError)}
+#: The child's own start (Python, PyAV) on top of the read's timeout.
+_CHILD_START_S = 20.0
+
+
+def probe_isolated(location: str | Path, timeout_s: float) -> MediaInfo:
+    """:func:`probe` in a child process (see the module's doc): the same result, the same
+    errors; a child that dies or hangs is the media's fault (UnsupportedMediaError)."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "dubcore.media_info", str(location),
+                               str(timeout_s)], capture_output=True, text=True,
+                              timeout=timeout_s + _CHILD_START_S, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise UnsupportedMediaError(
+            f"reading the media took longer than {timeout_s:.0f} s") from e
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        answer = {}
+    if "info" in answer:
+        return MediaInfo(**answer["info"])
+    error = _CHILD_ERRORS.get(str(answer.get("error")))
+    if error is not None:
+        raise error(str(answer.get("message", "")))
+    raise UnsupportedMediaError(
+        f"the media could not be read (the reader stopped with status {done.returncode})")
+
+
+def _child(argv: list[str]) -> int:
+    location, timeout_s = argv[0], float(argv[1]) if len(argv) > 1 else None
+    try:
+        answer: dict[str, object] = {"info": asdict(probe(location, timeout_s))}
+    except (UnsupportedMediaError, CorruptMediaError) as e:
+        answer = {"error": type(e).__name__, "message": e.message}
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

@@ -50,7 +50,7 @@ from dubcore.errors import (
     ServiceUnavailableError,
 )
 from dubcore.languages import CLONE
-from dubcore.media_info import probe
+from dubcore.media_info import probe_isolated
 from dubcore.settings import Settings
 from dubcore.storage import ObjectStore
 
@@ -199,7 +199,7 @@ def _prepare(session: Session, store: ObjectStore, settings: Settings, job: Job,
     size = store.size(job.source_key)
     if job.declared_bytes is not None and size != job.declared_bytes:
         raise BadInputError(f"the upload has {size} bytes, {job.declared_bytes} were declared")
-    info = probe(store.read_location(job.source_key), timeout_s=PROBE_TIMEOUT_S)
+    info = probe_isolated(store.read_location(job.source_key), timeout_s=PROBE_TIMEOUT_S)
     duration_ms = info.duration_ms
     if opts.time_range is not None:
         if opts.time_range.end_ms > info.duration_ms:
@@ -377,7 +377,8 @@ def _check_side_files(session: Session, store: ObjectStore, tenant_id: str,
     if dub_audio is not None:
         if not single:
             raise InvalidRequestError("a dub_audio track is for a single target language")
-        probe(store.read_location(dub_audio.object_key), timeout_s=PROBE_TIMEOUT_S)  # 415
+        probe_isolated(store.read_location(dub_audio.object_key),  # 415
+                       timeout_s=PROBE_TIMEOUT_S)
         out.dub_audio_key = dub_audio.object_key
     glossary = _side_key(session, store, tenant_id, opts.glossary_upload_id, "glossary")
     if glossary is not None:

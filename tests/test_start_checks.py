@@ -365,3 +365,33 @@ async def test_cancel_and_delete_of_an_unstarted_job_release_what_a_start_held(
         assert s.get(Job, "job3") is None
         assert accounts.balance(s, "acme") == 10
         assert accounts.audit(s) == []
+
+
+# ---- the API's probe runs in a child process -------------------------------------------------
+
+def test_the_api_probes_in_a_child_and_carries_no_ffmpeg(sample_video: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """The child's answer is the in-process probe's; its errors cross back as themselves;
+    a reader that dies on a file is that file's 415, not the API's crash; and importing
+    the API does not load PyAV."""
+    import sys
+
+    from dubcore import media_info
+    from dubcore.errors import UnsupportedMediaError
+
+    assert media_info.probe_isolated(sample_video, 30) == media_info.probe(sample_video)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(UnsupportedMediaError, match="not a media container"):
+        media_info.probe_isolated(tmp_path / "notes.mp4", 30)
+    crash = tmp_path / "crash.sh"
+    crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crash))
+    with pytest.raises(UnsupportedMediaError, match="status -11"):
+        media_info.probe_isolated(sample_video, 30)
+    monkeypatch.undo()
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, api.app; print('av' in sys.modules)"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    assert loaded.stdout.strip() == "False"

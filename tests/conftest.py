@@ -82,6 +82,24 @@ def whisper(models_dir: Path):  # type: ignore[no-untyped-def]
     return FasterWhisperTranscriber(assemble_whisper_base(models_dir / "whisper-base"))
 
 
+@pytest.fixture
+def settings(tmp_path: Path, models_dir: Path) -> Any:
+    """Settings of an isolated data directory, sharing the session's models."""
+    from dubcore.settings import Settings
+
+    return Settings(data_dir=tmp_path, model_cache_dir=models_dir)
+
+
+@pytest.fixture
+def store(settings: Any) -> Any:
+    """The local object store of ``settings``."""
+    from dubcore.storage import LocalStore, make_store
+
+    s = make_store(settings)
+    assert isinstance(s, LocalStore)
+    return s
+
+
 @pytest.fixture(scope="session")
 def sample_speech_16k(sample_video: Path):  # type: ignore[no-untyped-def]
     from engines.media import decode_audio

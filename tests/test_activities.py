@@ -14,21 +14,9 @@ from activities.synthesize import SynthesizeActivities
 from activities.translate import TranslateActivities
 from dubcore.contracts import ProbeInput, SynthesizeInput, TranslateInput
 from dubcore.settings import Settings
-from dubcore.storage import LocalStore, get_json, make_store, put_json
+from dubcore.storage import LocalStore, get_json, put_json
 
 pytestmark = pytest.mark.models
-
-
-@pytest.fixture
-def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    return Settings(data_dir=tmp_path, model_cache_dir=models_dir)
-
-
-@pytest.fixture
-def store(settings: Settings) -> LocalStore:
-    s = make_store(settings)
-    assert isinstance(s, LocalStore)
-    return s
 
 
 def test_probe_extracts_full_rate_and_speech_tracks(store: LocalStore, settings: Settings,

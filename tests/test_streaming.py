@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from activities.media import MediaActivities
 from activities.separate import SeparateActivities
 from dubcore.contracts import MixingMode, MixInput, ProbeInput, SeparateInput
 from dubcore.settings import Settings
-from dubcore.storage import LocalStore, make_store
+from dubcore.storage import LocalStore
 from engines import audio
 from engines.mix import duck_levels, mix
 
@@ -139,18 +140,6 @@ SECONDS = 60.0
 WHOLE_COPY = int(SECONDS * RATE) * 2 * 4
 
 
-@pytest.fixture
-def settings(tmp_path: Path, models_dir: Path) -> Settings:
-    return Settings(data_dir=tmp_path, model_cache_dir=models_dir)
-
-
-@pytest.fixture
-def store(settings: Settings) -> LocalStore:
-    s = make_store(settings)
-    assert isinstance(s, LocalStore)
-    return s
-
-
 def _peak(run: Callable[[], Any]) -> tuple[Any, int]:
     """(result, peak bytes numpy and Python allocated while ``run`` ran)."""
     tracemalloc.start()
@@ -230,7 +219,7 @@ def test_part_bounds_cut_in_pauses_near_each_boundary() -> None:
     bounds = part_bounds(3_000_000, turns, 600_000)
     assert bounds[0][0] == 0 and bounds[-1][1] == 3_000_000
     assert all(a < b for a, b in bounds) and len(bounds) == 5
-    for (_, end), (start, _) in zip(bounds, bounds[1:], strict=False):
+    for (_, end), (start, _) in pairwise(bounds):
         assert end == start and end % 10_000 == 9_500  # the middle of a pause
         assert not any(t.start_ms < end < t.end_ms for t in turns)
     assert part_bounds(800_000, turns, 600_000) == [(0, 800_000)]  # short: one part

@@ -10,7 +10,7 @@ from temporalio import activity
 
 from activities._base import StageActivities, heartbeat, scratch, stage_activity
 from dubcore.contracts import MixingMode, MixInput, MixResult, ProbeInput, ProbeResult
-from dubcore.errors import InvalidRequestError, MediaTooLongError
+from dubcore.errors import EngineError, InvalidRequestError, MediaTooLongError
 from engines import audio, media
 from engines.mix import duck_levels, mix_block
 
@@ -86,18 +86,23 @@ class MediaActivities(StageActivities):
                 audio.WavReader(background_path) as background:
             rate, n = original.rate_hz, original.frames
             if dub.rate_hz != rate or background.rate_hz != rate:
-                raise InvalidRequestError(
+                raise EngineError(
                     f"the dub ({dub.rate_hz} Hz), the original ({rate} Hz) and the background "
                     f"({background.rate_hz} Hz) must share one rate to be mixed")
-            levels = (duck_levels((audio.to_mono(b) for b in dub.blocks()), rate)
+            def at_length(r: audio.WavReader) -> Iterator[tuple[int, np.ndarray]]:
+                """Its blocks over the master's length (a shorter file padded, a longer
+                one cut), with where each starts."""
+                for start in range(0, n, audio.STREAM_BLOCK):
+                    size = min(audio.STREAM_BLOCK, n - start)
+                    yield start, audio.fit_length(r.read(start, size), size)
+
+            levels = (duck_levels((audio.to_mono(d) for _, d in at_length(dub)), rate)
                       if inp.mixing_mode is MixingMode.VOICEOVER_WITH_ORIGINAL_TRACK
                       else np.zeros(0, dtype=np.float32))
 
             def mixed() -> Iterator[np.ndarray]:
-                for start in range(0, n, audio.STREAM_BLOCK):
-                    size = min(audio.STREAM_BLOCK, n - start)
-                    d, o, b = (audio.fit_length(r.read(start, size), size)
-                               for r in (dub, original, background))
+                for (start, d), (_, o), (_, b) in zip(at_length(dub), at_length(original),
+                                                      at_length(background), strict=True):
                     yield mix_block(inp.mixing_mode, d, o, b, levels, start, rate)
 
             gain_db, limit = inp.gain_db, True

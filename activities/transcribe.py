@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import numpy as np
 from temporalio import activity
 
 from activities._base import StageActivities, heartbeat, stage_activity
@@ -15,7 +14,6 @@ from dubcore.storage import get_json, put_json
 from engines import audio
 from engines.diarize import Turn
 from engines.transcribe import (
-    SAMPLE_RATE_HZ,
     Transcriber,
     Word,
     part_bounds,
@@ -35,50 +33,51 @@ class TranscribeActivities(StageActivities):
     @activity.defn(name="transcribe_speech")
     @stage_activity
     def transcribe_speech(self, inp: TranscribeInput) -> TranscribeResult:
-        with self._store.local_path(inp.speech_audio_key) as path:
-            speech, _ = audio.read_wav(path)
         turns = [Turn(**t) for t in get_json(self._store, inp.turns_key)]
         key = f"{inp.prefix}/transcript.json"
         if inp.user_transcript_key:
             return self._user_transcript(inp, turns, key)
         language = None if inp.language == "auto" else inp.language.split("-")[0].lower()
-        transcript = transcript_of(*self._words(inp, speech[0], turns, language), turns)
+        with self._store.local_path(inp.speech_audio_key) as path, \
+                audio.WavReader(path) as speech:
+            transcript = transcript_of(*self._words(inp, speech, turns, language), turns)
         put_json(self._store, key, transcript_to_json(transcript))
         return TranscribeResult(transcript_key=key, language=transcript.language,
                                 num_segments=len(transcript.segments), engine=self.engine.name,
                                 model=self.model)
 
-    def _words(self, inp: TranscribeInput, speech: np.ndarray, turns: list[Turn],
+    def _words(self, inp: TranscribeInput, speech: audio.WavReader, turns: list[Turn],
                language: str | None) -> tuple[str, float, list[Word]]:
-        """The words of every part (:func:`part_bounds`), each part stored as it is done,
-        so a retry transcribes only the parts not stored yet. With the language on auto,
-        the first part's detected language is the job's, and the other parts are decoded
+        """The words of every part (:func:`part_bounds`), each read, transcribed and stored
+        on its own, so a retry transcribes only the parts not stored yet. With the language
+        on auto, the first part with words decides it, and the parts after it are decoded
         in it."""
-        duration_ms = speech.size * 1000 // SAMPLE_RATE_HZ
-        bounds = part_bounds(duration_ms, turns, PART_MS)
+        rate = speech.rate_hz
+        bounds = part_bounds(speech.frames * 1000 // rate, turns, PART_MS)
+        edges = [a * rate // 1000 for a, _ in bounds] + [speech.frames]
+        made_by = {"speech_key": inp.speech_audio_key, "model": self.model}
         words: list[Word] = []
-        lang, prob = language or "", 0.0
-        for k, (a, b) in enumerate(bounds):
+        lang, prob, found = language, 0.0, False
+        for k, (a, _) in enumerate(bounds):
             key = f"{inp.prefix}/transcript-parts/{k:03d}.json"
-            asked = language if k == 0 else lang
+            asked = lang
+            wanted = {"start": edges[k], "end": edges[k + 1], "asked": asked, **made_by}
             part = get_json(self._store, key) if self._store.exists(key) else None
-            if part is None or (part["start_ms"], part["end_ms"], part["asked"]) != (a, b, asked):
+            if part is None or any(part.get(f) != v for f, v in wanted.items()):
                 def progress(f: float, k: int = k) -> None:
                     heartbeat((k + f) / len(bounds))
 
                 got_lang, got_prob, got = self.engine.transcribe(
-                    speech[a * SAMPLE_RATE_HZ // 1000:b * SAMPLE_RATE_HZ // 1000], asked,
-                    progress)
-                part = {"start_ms": a, "end_ms": b, "asked": asked, "language": got_lang,
-                        "probability": got_prob,
+                    speech.read(edges[k], edges[k + 1] - edges[k])[0], asked, progress)
+                part = {**wanted, "language": got_lang, "probability": got_prob,
                         "words": [asdict(Word(w.start_ms + a, w.end_ms + a, w.text,
                                               w.probability)) for w in got]}
                 put_json(self._store, key, part)
-            if k == 0:
-                lang, prob = part["language"], float(part["probability"])
+            if not found and part["words"]:
+                found, lang, prob = True, part["language"], float(part["probability"])
             words += [Word(**w) for w in part["words"]]
             heartbeat((k + 1) / len(bounds))
-        return lang, prob, words
+        return lang or "", prob, words
 
     def _user_transcript(self, inp: TranscribeInput, turns: list[Turn], key: str
                          ) -> TranscribeResult:

@@ -6,19 +6,21 @@ short-lived child process (:func:`probe_isolated`): FFmpeg never parses a user's
 the API (a file that crashes it takes down the child only), and the API process does not
 carry FFmpeg's libraries (about 20 MB of its memory).
 
-    python -m dubcore.media_info LOCATION [TIMEOUT_S]   # the child: one JSON line
+    echo '{"location": PATH_OR_URL, "timeout_s": 30}' | python -m dubcore.media_info
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dubcore.errors import CorruptMediaError, UnsupportedMediaError
+from dubcore.errors import CorruptMediaError, ServiceUnavailableError, UnsupportedMediaError
 
 if TYPE_CHECKING:
     import av.container
@@ -82,41 +84,57 @@ def probe(location: str | Path, timeout_s: float | None = None) -> MediaInfo:
 _CHILD_ERRORS = {e.__name__: e for e in (UnsupportedMediaError, CorruptMediaError)}
 #: The child's own start (Python, PyAV) on top of the read's timeout.
 _CHILD_START_S = 20.0
+#: The folder that holds the ``dubcore`` package: the child imports it from there.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+log = logging.getLogger(__name__)
 
 
 def probe_isolated(location: str | Path, timeout_s: float) -> MediaInfo:
     """:func:`probe` in a child process (see the module's doc): the same result, the same
-    errors; a child that dies or hangs is the media's fault (UnsupportedMediaError)."""
+    errors. The location goes on the child's stdin, never its command line (a presigned
+    URL carries a signature). A child killed by a signal, or one that overruns, failed on
+    the media (UnsupportedMediaError); one that fails otherwise is this service's fault
+    (logged, and a retryable ServiceUnavailableError)."""
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT,
+                                                       os.environ.get("PYTHONPATH")]))}
     try:
-        done = subprocess.run([sys.executable, "-m", "dubcore.media_info", str(location),
-                               str(timeout_s)], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "dubcore.media_info"],
+                              input=json.dumps({"location": str(location),
+                                                "timeout_s": timeout_s}),
+                              capture_output=True, text=True, env=env,
                               timeout=timeout_s + _CHILD_START_S, check=False)
     except subprocess.TimeoutExpired as e:
         raise UnsupportedMediaError(
             f"reading the media took longer than {timeout_s:.0f} s") from e
     lines = done.stdout.strip().splitlines()
     try:
-        answer = json.loads(lines[-1]) if lines else {}
+        answer = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
-        answer = {}
-    if "info" in answer:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("info"), dict):
         return MediaInfo(**answer["info"])
-    error = _CHILD_ERRORS.get(str(answer.get("error")))
-    if error is not None:
+    if isinstance(answer, dict) and (error := _CHILD_ERRORS.get(str(answer.get("error")))):
         raise error(str(answer.get("message", "")))
-    raise UnsupportedMediaError(
-        f"the media could not be read (the reader stopped with status {done.returncode})")
+    if done.returncode < 0:
+        raise UnsupportedMediaError(
+            f"the media could not be read (the reader stopped on signal {-done.returncode})")
+    log.error("the media probe failed (status %d): %s", done.returncode,
+              done.stderr.strip()[-2000:])
+    raise ServiceUnavailableError("the media could not be probed just now; try again")
 
 
-def _child(argv: list[str]) -> int:
-    location, timeout_s = argv[0], float(argv[1]) if len(argv) > 1 else None
+def _child() -> int:
+    request = json.loads(sys.stdin.read())
     try:
-        answer: dict[str, object] = {"info": asdict(probe(location, timeout_s))}
+        answer: dict[str, object] = {"info": asdict(probe(request["location"],
+                                                          request.get("timeout_s")))}
     except (UnsupportedMediaError, CorruptMediaError) as e:
         answer = {"error": type(e).__name__, "message": e.message}
-    print(json.dumps(answer))
+    sys.stdout.write(json.dumps(answer) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))
+    sys.exit(_child())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import wave
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -123,23 +124,21 @@ class StreamResampler:
     def __init__(self, from_hz: int, to_hz: int) -> None:
         import av
 
+        self._av = av
         self._from = from_hz
+        self._time_base = Fraction(1, from_hz)
         self._pts = 0
         self._r = av.AudioResampler(format="flt", layout="mono", rate=to_hz)
 
     def push(self, mono: np.ndarray | None) -> np.ndarray:
         """Resample the next block (None: flush what the filter still holds)."""
-        from fractions import Fraction
-
-        import av
-
         if mono is None:
             frames = self._r.resample(None)
         else:
             x = np.ascontiguousarray(mono, dtype=np.float32).reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(x, format="flt", layout="mono")
-            frame.sample_rate, frame.pts = self._from, self._pts
-            frame.time_base = Fraction(1, self._from)
+            frame = self._av.AudioFrame.from_ndarray(x, format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = self._from, self._pts, \
+                self._time_base
             self._pts += x.shape[1]
             frames = self._r.resample(frame)
         parts = [f.to_ndarray().reshape(-1) for f in frames]

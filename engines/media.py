@@ -25,6 +25,10 @@ OUTPUT_AUDIO_RATE_HZ = 48_000
 OUTPUT_AUDIO_BITRATE = 192_000
 
 
+#: Samples per block :func:`decode_blocks` yields (about 5 s at 48 kHz).
+_DECODE_BLOCK = 1 << 18
+
+
 def decode_blocks(path: Path, rate_hz: int, channels: int) -> Iterator[np.ndarray]:
     """Decode the first audio stream, resampled to ``rate_hz`` with 1 or 2 channels, as
     float32 (channels, samples) blocks in order (each a few decoded frames, so memory stays
@@ -53,10 +57,6 @@ def decode_blocks(path: Path, rate_hz: int, channels: int) -> Iterator[np.ndarra
         raise CorruptMediaError(f"the audio track could not be decoded: {e}") from e
     if not produced:
         raise CorruptMediaError("the audio track holds no decodable samples")
-
-
-#: Samples per block :func:`decode_blocks` yields (about 5 s at 48 kHz).
-_DECODE_BLOCK = 1 << 18
 
 
 def decode_audio(path: Path, rate_hz: int, channels: int) -> np.ndarray:

@@ -12,11 +12,12 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from dubcore.errors import ConfigurationError
+from engines.audio import STREAM_BLOCK
 
 if TYPE_CHECKING:
     from dubcore.settings import Settings
@@ -60,7 +61,8 @@ class _DfLib:
 
 
 class SeparationStream(Protocol):
-    """A separator fed the master block by block (an engine with state across blocks)."""
+    """A separator fed the master block by block (an engine with state across blocks);
+    a context manager that frees that state."""
 
     def push(self, block: np.ndarray) -> np.ndarray:
         """The next (channels, n) block in; the dialogue of the samples that follow the
@@ -71,8 +73,16 @@ class SeparationStream(Protocol):
         """The rest of the dialogue: in all, exactly as many samples as were pushed."""
         ...
 
-    def close(self) -> None:
-        ...
+    def __enter__(self) -> SeparationStream: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class StreamingSeparator(Separator, Protocol):
+    """A separator that also streams: long media is separated in bounded memory."""
+
+    def stream(self, channels: int) -> SeparationStream: ...
 
 
 class _ChannelFilter:
@@ -122,7 +132,13 @@ class _ChannelFilter:
 
 class _DeepFilterStream:
     def __init__(self, df: _DfLib, channels: int, cores: int) -> None:
-        self._filters = [_ChannelFilter(df) for _ in range(channels)]
+        self._filters: list[_ChannelFilter] = []
+        try:
+            for _ in range(channels):
+                self._filters.append(_ChannelFilter(df))
+        except BaseException:
+            self.close()
+            raise
         self._pool = ThreadPoolExecutor(max(1, min(channels, cores)))
         self._emitted = 0
 
@@ -143,9 +159,16 @@ class _DeepFilterStream:
         return self._each(lambda ch: self._filters[ch].flush(emitted))
 
     def close(self) -> None:
-        self._pool.shutdown()
+        if hasattr(self, "_pool"):
+            self._pool.shutdown()
         for f in self._filters:
             f.close()
+
+    def __enter__(self) -> _DeepFilterStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class DeepFilterSeparator:
@@ -159,29 +182,23 @@ class DeepFilterSeparator:
         return _DeepFilterStream(self._df, channels, self._cores)
 
     def warm(self) -> None:
-        s = self.stream(1)
-        try:
+        with self.stream(1) as s:
             s.push(np.zeros((1, 4_800), dtype=np.float32))
             s.flush()
-        finally:
-            s.close()
 
     def separate(self, audio: np.ndarray,
                  progress: Callable[[float], None] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """The whole array through :meth:`stream`, in blocks of 10 s."""
         audio = np.atleast_2d(audio).astype(np.float32)
-        block = 480_000
-        s = self.stream(audio.shape[0])
-        try:
+        block = STREAM_BLOCK
+        with self.stream(audio.shape[0]) as s:
             parts = []
             for start in range(0, audio.shape[1], block):
                 parts.append(s.push(audio[:, start:start + block]))
                 if progress:
                     progress(min(1.0, (start + block) / max(1, audio.shape[1])))
             parts.append(s.flush())
-        finally:
-            s.close()
         dialogue = np.concatenate(parts, axis=1)
         return dialogue, audio - dialogue
 

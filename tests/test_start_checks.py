@@ -373,8 +373,8 @@ def test_the_api_probes_in_a_child_and_carries_no_ffmpeg(sample_video: Path, tmp
                                                         monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
     """The child's answer is the in-process probe's; its errors cross back as themselves;
-    a reader that dies on a file is that file's 415, not the API's crash; and importing
-    the API does not load PyAV."""
+    a reader that dies on a file is that file's 415, not the API's crash, and a child that
+    fails otherwise is a retryable 503; importing the API does not load PyAV."""
     import sys
 
     from dubcore import media_info
@@ -388,7 +388,13 @@ def test_the_api_probes_in_a_child_and_carries_no_ffmpeg(sample_video: Path, tmp
     crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
     crash.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(crash))
-    with pytest.raises(UnsupportedMediaError, match="status -11"):
+    with pytest.raises(UnsupportedMediaError, match="signal 11"):
+        media_info.probe_isolated(sample_video, 30)
+    broken = tmp_path / "broken.sh"  # a deployment fault, not the media's: retryable 503
+    broken.write_text("#!/bin/sh\necho 'ModuleNotFoundError: av' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(broken))
+    with pytest.raises(ServiceUnavailableError, match="try again"):
         media_info.probe_isolated(sample_video, 30)
     monkeypatch.undo()
     loaded = subprocess.run(

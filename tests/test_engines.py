@@ -109,6 +109,50 @@ def test_deepfilternet_pulls_speech_out_of_music(piper) -> None:  # type: ignore
     assert gain > 5.0, f"speech SI-SDR improved by only {gain:.1f} dB"
 
 
+def test_deepfilternet_runs_once_for_centred_speech_and_per_channel_for_panned(piper) -> None:  # type: ignore[no-untyped-def]
+    """Speech in the centre of a stereo master: one filter on the channels' mean, the same
+    dialogue in both channels, as clean as a filter per channel makes it. Speech panned
+    away from the centre: found off centre, and separated again a channel at a time."""
+    import sys
+
+    from engines.separate import DeepFilterSeparator
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from make_sample import music  # the sample's stereo chords
+
+    speech = audio.resample(piper.synthesize(
+        "The quick brown fox jumps over the lazy dog. Measure twice and cut once.",
+        "en", "piper:x", 1.0), 22_050, 48_000)
+    speech = (speech / np.abs(speech).max() * 0.5).astype(np.float32)
+    bed = music(speech.size)
+    sep = DeepFilterSeparator()
+
+    def through(master: np.ndarray, each_channel: bool) -> tuple[np.ndarray, bool]:
+        with sep.stream(2, each_channel) as s:
+            out = np.concatenate([s.push(master), s.flush()], axis=1)
+            return out, s.off_centre
+
+    def error(dialogue: np.ndarray, truth: np.ndarray, master: np.ndarray) -> float:
+        """What is left of the music in the dialogue, against the master's own."""
+        return float(((dialogue - truth) ** 2).sum() / ((master - truth) ** 2).sum())
+
+    centred = bed + speech[None, :]
+    once, off = through(centred, each_channel=False)
+    assert not off and np.array_equal(once[0], once[1])
+    per_channel, _ = through(centred, each_channel=True)
+    truth = np.stack([speech, speech])
+    assert error(once, truth, centred) < 1.2 * error(per_channel, truth, centred) < 0.7
+    dialogue, background = sep.separate(centred)
+    assert np.array_equal(dialogue, once) and np.allclose(dialogue + background, centred)
+
+    panned = bed + np.stack([0.8 * speech, 0.4 * speech])
+    _, off = through(panned, each_channel=False)
+    assert off
+    dialogue, _ = sep.separate(panned)
+    assert np.array_equal(dialogue, through(panned, each_channel=True)[0])
+    assert error(dialogue, np.stack([0.8 * speech, 0.4 * speech]), panned) < 0.7
+
+
 # ---- diarization (VAD + Resemblyzer + clustering) ------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -269,6 +313,83 @@ def test_kokoro_knows_a_lines_length_before_it_speaks(kokoro) -> None:  # type: 
         for rate in (1.0, 1.2):
             spoken_ms = 1000 * kokoro.synthesize(text, "pt-BR", voice, rate).size / 24_000
             assert abs(length_at(rate) - spoken_ms) < 0.1 * spoken_ms, (text, rate, spoken_ms)
+
+
+def test_float_convolutions_compute_the_dequantized_network(tmp_path: Path) -> None:
+    """A dynamically quantized 1-D convolution net, rewritten: it computes what the float
+    net with the quantized weights computes (weights chosen on the 8-bit grid, so that is
+    the float net itself), where the integer path also rounds every activation."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import quantize_dynamic
+
+    from engines.onnx_graph import float_convolutions
+
+    rng = np.random.default_rng(0)
+
+    def on_grid(shape: tuple[int, ...]) -> np.ndarray:  # (u - 128) / 64, u spanning 0..255
+        u = rng.integers(0, 256, shape)
+        u.flat[:2] = 0, 255
+        return ((u - 128) / 64).astype(np.float32)
+
+    w1, w2, bias = on_grid((16, 8, 5)), on_grid((8, 16, 3)), rng.normal(0, .1, 16)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="/net/generator/c1",
+                          kernel_shape=[5], pads=[2, 2]),
+         helper.make_node("Relu", ["h"], ["r"], name="/net/relu"),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="/net/generator/c2",
+                          kernel_shape=[3], pads=[2, 2], dilations=[2]),
+         helper.make_node("Conv", ["y", "w3"], ["z"], name="/net/head/c3", kernel_shape=[1])],
+        "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, None])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 8, None])],
+        [numpy_helper.from_array(w1, "w1"),
+         numpy_helper.from_array(bias.astype(np.float32), "b1"),
+         numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(on_grid((8, 8, 1)), "w3")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "float.onnx")
+    quantize_dynamic(str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx"),
+                     op_types_to_quantize=["Conv"])
+    assert float_convolutions(tmp_path / "int8.onnx", tmp_path / "fast.onnx", "/generator/") == 2
+    ops = [n.op_type for n in onnx.load(tmp_path / "fast.onnx").graph.node]
+    assert ops.count("Conv") == 2 and ops.count("ConvInteger") == 1  # the head is left alone
+    x = rng.normal(0, 1, (1, 8, 400)).astype(np.float32)
+
+    def run(name: str) -> np.ndarray:
+        session = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(None, {"x": x})[0])
+
+    reference, integer, fast = run("float.onnx"), run("int8.onnx"), run("fast.onnx")
+    assert fast.shape == reference.shape
+    head_error = np.abs(integer - reference).max()  # the head still rounds its input
+    assert np.abs(fast - reference).max() < head_error
+    assert np.abs(integer - reference).max() > 1e-3
+
+
+def test_kokoro_vocoder_in_float_says_the_same(kokoro, whisper, models_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The engine runs the shipped model with its vocoder's convolutions in float: the same
+    length (the duration predictor is untouched), the same spectrum, the same words."""
+    from engines.synthesize import KokoroEngine
+
+    assert "float-vocoder" in kokoro._session._model_path
+    as_shipped = KokoroEngine(models_dir / "kokoro", threads=1, float_vocoder=False)
+    assert "float-vocoder" not in as_shipped._session._model_path
+    text = "Vamos falar sobre o futuro das cidades e da energia limpa."
+
+    def log_spectrum(a: np.ndarray) -> np.ndarray:
+        frames = np.lib.stride_tricks.sliding_window_view(a, 1024)[::256] * np.hanning(1024)
+        return np.log(np.abs(np.fft.rfft(frames))[:, :400] + 1e-4)
+
+    fast = kokoro.synthesize(text, "pt-BR", "kokoro:jm_kumo", 1.0)
+    slow = as_shipped.synthesize(text, "pt-BR", "kokoro:jm_kumo", 1.0)
+    assert abs(fast.size - slow.size) < 0.01 * slow.size
+    a, b = log_spectrum(fast), log_spectrum(slow)
+    n = min(len(a), len(b))
+    assert np.corrcoef(a[:n].ravel(), b[:n].ravel())[0, 1] > 0.93
+    heard = ["".join(w.text for w in whisper.transcribe(audio.resample(x, 24_000, 16_000),
+                                                         "pt")[2]).lower()
+             for x in (fast, slow)]
+    assert "cidades" in heard[0] and "energia" in heard[0] and heard[0] == heard[1]
 
 
 def test_piper_and_espeak_voices(piper) -> None:  # type: ignore[no-untyped-def]

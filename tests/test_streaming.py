@@ -113,24 +113,28 @@ def test_stream_resampler_joins_blocks_without_seams() -> None:
 
 @pytest.mark.models
 def test_deepfilternet_stream_is_exact_and_in_time() -> None:
-    """Fed in blocks of any size, the separator gives the whole-array result sample for
-    sample, as long as its input, with its 30 ms lag taken out."""
+    """Fed in blocks of any size, the separator gives the one-block result sample for
+    sample (one filter on the channels' mean, and a filter per channel), as long as its
+    input, with its 30 ms lag taken out."""
     from engines.separate import DeepFilterSeparator
 
-    sep = DeepFilterSeparator(cores=2)
+    sep = DeepFilterSeparator()
     x = _speechlike(3.0)
     dialogue, background = sep.separate(x)
     assert dialogue.shape == x.shape and np.allclose(dialogue + background, x, atol=1e-6)
-    stream = sep.stream(2)
-    try:
-        parts = [stream.push(b) for b in _cuts(x, (7777, 480, 1, 60_000))] + [stream.flush()]
-    finally:
-        stream.close()
-    assert np.array_equal(np.concatenate(parts, axis=1), dialogue)
-    # In time: the dialogue lines up with the voice in the input at lag 0.
-    lags = range(-2000, 2001, 40)
-    corr = [float(np.dot(np.roll(dialogue[0], lag), x[0])) for lag in lags]
-    assert abs(list(lags)[int(np.argmax(corr))]) <= 40
+    for each_channel in (False, True):
+        with sep.stream(2, each_channel) as stream:
+            whole = np.concatenate([stream.push(x), stream.flush()], axis=1)
+            off_centre = stream.off_centre
+        with sep.stream(2, each_channel) as stream:
+            parts = [stream.push(b) for b in _cuts(x, (7777, 480, 1, 60_000))]
+            parts.append(stream.flush())
+            assert stream.off_centre == off_centre
+        assert np.array_equal(np.concatenate(parts, axis=1), whole)
+        # In time: the dialogue lines up with the voice in the input at lag 0.
+        lags = range(-2000, 2001, 40)
+        corr = [float(np.dot(np.roll(whole[0], lag), x[0])) for lag in lags]
+        assert abs(list(lags)[int(np.argmax(corr))]) <= 40
 
 
 # ---- the stages on a long input, with the memory they hold -----------------------------------
@@ -273,15 +277,16 @@ def test_a_retried_transcription_resumes_after_the_stored_parts(
 def test_separation_in_parts_resumes_and_joins_seamlessly(
         store: LocalStore, settings: Settings, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 45 s master in parts of 20 s (the short last 5 s join the part before): a retry
-    after a lost worker separates only the parts not stored, the result is the one an
-    uninterrupted run gives, and it matches one unsplit pass except where a part's state
-    is still settling (within the pre-roll's reach)."""
+    """A 45 s master in parts of 20 s (the short last 5 s join the part before), two at
+    once: a retry after a lost worker separates only the parts not stored, the result is
+    the one an uninterrupted run gives, and it matches one unsplit pass except where a
+    part's state is still settling (within the pre-roll's reach)."""
     import activities.separate as separate_activity
 
     master = _speechlike(45.0)
     audio.write_wav(tmp_path / "m.wav", master, RATE)
     store.put_file("j/audio.wav", tmp_path / "m.wav")
+    settings = settings.model_copy(update={"worker_cores": 2})
     acts = SeparateActivities(store, settings)
     inp = SeparateInput("j", "j/audio.wav", "j/a")
 
@@ -289,31 +294,35 @@ def test_separation_in_parts_resumes_and_joins_seamlessly(
         with store.local_path(key) as path:
             return audio.read_wav(path)[0]
 
-    whole = dialogue(ActivityEnvironment().run(acts.separate_audio, inp).dialogue_key)
+    one_core = SeparateActivities(store, settings.model_copy(update={"worker_cores": 1}))
+    whole = dialogue(ActivityEnvironment().run(one_core.separate_audio, inp).dialogue_key)
     monkeypatch.setattr(separate_activity, "PART_S", 20)
     done: list[int] = []
     real = SeparateActivities._separate_part
 
-    def counted(self: SeparateActivities, master_: Any, a: int, b: int, out: Path) -> None:
-        if len(done) == 1 and not getattr(counted, "failed", False):
+    def counted(self: SeparateActivities, master_: Any, a: int, b: int, out: Path,
+                progress: Any) -> None:
+        if a > 0 and not getattr(counted, "failed", False):
             counted.failed = True  # type: ignore[attr-defined]
             raise RuntimeError("worker lost")
+        real(self, master_, a, b, out, progress)
         done.append(a)
-        real(self, master_, a, b, out)
 
     monkeypatch.setattr(SeparateActivities, "_separate_part", counted)
     with pytest.raises(Exception, match="worker lost"):
         ActivityEnvironment().run(acts.separate_audio, SeparateInput("j", "j/audio.wav",
                                                                      "j/b"))
-    assert done == [0] and store.exists("j/b/separate-parts/deepfilternet3/000.wav")
+    # The part that was running beside the lost one finished and was stored.
+    assert done == [0] and store.exists("j/b/separate-parts/deepfilternet3/2/000.wav")
     resumed = ActivityEnvironment().run(acts.separate_audio,
                                         SeparateInput("j", "j/audio.wav", "j/b"))
     assert done == [0, 20 * RATE]  # two parts (20 s, then 25 s): only the second again
     # The parts go once the stems exist.
-    assert not store.exists("j/b/separate-parts/deepfilternet3/000.wav")
+    assert not store.exists("j/b/separate-parts/deepfilternet3/2/000.wav")
     done.clear()
     straight = ActivityEnvironment().run(acts.separate_audio,
                                          SeparateInput("j", "j/audio.wav", "j/c"))
+    assert sorted(done) == [0, 20 * RATE]
     assert np.array_equal(dialogue(resumed.dialogue_key), dialogue(straight.dialogue_key))
     parts = dialogue(resumed.dialogue_key)
     assert parts.shape == whole.shape
@@ -329,3 +338,18 @@ def test_separation_in_parts_resumes_and_joins_seamlessly(
     level = rms(master)
     assert rms(parts[:, seam:] - whole[:, seam:]) < 0.01 * level
     assert rms(parts[:, seam:seam + RATE // 2] - whole[:, seam:seam + RATE // 2]) < 0.02 * level
+
+
+def test_short_media_is_split_across_the_cores() -> None:
+    from activities.separate import MIN_PART_S, PART_S, part_edges
+
+    assert part_edges(20 * RATE, RATE, 2) == [0, 10 * RATE, 20 * RATE]
+    assert part_edges(20 * RATE, RATE, 1) == [0, 20 * RATE]
+    assert part_edges(20 * RATE, RATE, 16) == [0, 10 * RATE, 20 * RATE]  # >= MIN_PART_S
+    assert part_edges(MIN_PART_S * RATE - 1, RATE, 4) == [0, MIN_PART_S * RATE - 1]
+    edges = part_edges(25 * RATE + 1, RATE, 3)
+    assert len(edges) == 4 and edges[-1] == 25 * RATE + 1
+    sizes = [b - a for a, b in pairwise(edges)]
+    assert max(sizes) - min(sizes) <= 1
+    long = part_edges(int(2.2 * PART_S * RATE), RATE, 8)  # long media: parts of PART_S
+    assert long == [0, PART_S * RATE, int(2.2 * PART_S * RATE)]

@@ -2,12 +2,13 @@
 
 The master is separated in parts, each stored as it is done, so a retry resumes after the
 stored parts and no engine holds more than a part: parts of ``PART_S`` for long media, and
-media shorter than that split evenly across the worker's cores (parts of at least
-``MIN_PART_S``). A streaming engine (:class:`engines.separate.StreamingSeparator`, the CPU
-default) runs that many parts at once, one core each, and is fed each part block by block;
-any other engine gets one part at a time, as one array. Each part is fed ``ROLL`` of audio
-either side (not kept), so the engine enters it settled and looks ahead at real audio at its
-end: the joins are near-identical to one pass (well under 1 % of the audio's level).
+media too short to make a part for each of the worker's cores split evenly across them
+(parts of at least ``MIN_PART_S``). A streaming engine
+(:class:`engines.separate.StreamingSeparator`, the CPU default) runs as many parts at once
+as the worker has cores, and is fed each part block by block; any other engine gets one
+part at a time, as one array. Each part is fed ``ROLL`` of audio either side (not kept), so
+the engine enters it settled and looks ahead at real audio at its end: the joins are
+near-identical to one pass (well under 1 % of the audio's level).
 """
 
 from __future__ import annotations
@@ -171,13 +172,13 @@ class SeparateActivities(StageActivities):
 
 def part_edges(frames: int, rate_hz: int, cores: int) -> list[int]:
     """Where the parts begin and end: parts of ``PART_S`` (a short last one joins the one
-    before it); media shorter than that in up to ``cores`` even parts of at least
-    ``MIN_PART_S``."""
+    before it) where that makes at least as many parts as ``cores``; otherwise ``cores``
+    even parts (fewer where a part would be shorter than ``MIN_PART_S``)."""
     part = PART_S * rate_hz
-    if frames < part:
-        count = max(1, min(cores, frames // (MIN_PART_S * rate_hz)))
-        return [frames * k // count for k in range(count + 1)]
     edges = [*range(0, frames, part), frames]
     if len(edges) > 2 and edges[-1] - edges[-2] <= part // 2:
         del edges[-2]  # a short last part joins the one before it
+    count = min(cores, frames // (MIN_PART_S * rate_hz))
+    if count > len(edges) - 1:
+        return [frames * k // count for k in range(count + 1)]
     return edges

@@ -151,7 +151,7 @@ class _DeepFilterStream:
     WINDOW = SAMPLE_RATE_HZ
     OFF_CENTRE = 0.3
     #: A second counts as speech when the filter's output in it has at least this share
-    #: of the energy of the loudest second so far.
+    #: of the energy of the loudest second.
     SPEECH_SHARE = 0.1
 
     def __init__(self, df: _DfLib, channels: int, each_channel: bool = False) -> None:

@@ -351,5 +351,9 @@ def test_short_media_is_split_across_the_cores() -> None:
     assert len(edges) == 4 and edges[-1] == 25 * RATE + 1
     sizes = [b - a for a, b in pairwise(edges)]
     assert max(sizes) - min(sizes) <= 1
-    long = part_edges(int(2.2 * PART_S * RATE), RATE, 8)  # long media: parts of PART_S
+    long = part_edges(int(2.2 * PART_S * RATE), RATE, 2)  # long media: parts of PART_S
     assert long == [0, PART_S * RATE, int(2.2 * PART_S * RATE)]
+    # Fewer parts of PART_S than cores: even parts, one a core.
+    assert part_edges(int(1.2 * PART_S * RATE), RATE, 2) == [
+        0, int(0.6 * PART_S * RATE), int(1.2 * PART_S * RATE)]
+    assert len(part_edges(int(2.2 * PART_S * RATE), RATE, 8)) == 9

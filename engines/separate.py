@@ -151,8 +151,9 @@ class _DeepFilterStream:
     WINDOW = SAMPLE_RATE_HZ
     OFF_CENTRE = 0.3
     #: A second counts as speech when the filter's output in it has at least this share
-    #: of the energy of the loudest second.
+    #: of the energy of the loudest second, and is louder than -60 dBFS.
     SPEECH_SHARE = 0.1
+    SPEECH_FLOOR = WINDOW * 1e-6
 
     def __init__(self, df: _DfLib, channels: int, each_channel: bool = False) -> None:
         self._channels = channels
@@ -165,17 +166,20 @@ class _DeepFilterStream:
             self.close()
             raise
         self._emitted = 0
-        self._input = np.zeros((channels, 0), dtype=np.float32)  # not yet measured against
-        self._pending = np.zeros(0, dtype=np.float32)  # the speech that goes with it
+        # The measure against the channels: the input the filter has not answered yet, and
+        # the sums of the second being filled (speech energy, each channel . speech).
+        self._unanswered = np.zeros((channels, 0), dtype=np.float32)
+        self._filled = 0
+        self._energy, self._dots = 0.0, np.zeros(channels)
         self._windows: list[tuple[float, np.ndarray]] = []  # (speech energy, x_c . speech)
 
     @property
     def off_centre(self) -> bool:
         if not self._windows:
             return False
-        loudest = max(e for e, _ in self._windows)
+        floor = max(self.SPEECH_FLOOR, self.SPEECH_SHARE * max(e for e, _ in self._windows))
         return any(float(np.abs(p / e - 1).max()) > self.OFF_CENTRE
-                   for e, p in self._windows if e > 0 and e >= self.SPEECH_SHARE * loudest)
+                   for e, p in self._windows if e >= floor)
 
     def push(self, block: np.ndarray) -> np.ndarray:
         block = np.atleast_2d(block).astype(np.float32, copy=False)
@@ -183,32 +187,54 @@ class _DeepFilterStream:
             raise ValueError(f"a block of {block.shape[0]} channels for {self._channels}")
         if self._each:
             return self._out([f.push(block[ch]) for ch, f in enumerate(self._filters)])
-        self._input = np.concatenate([self._input, block], axis=1)
-        return self._centre(self._filters[0].push(block.mean(axis=0)))
+        speech = self._filters[0].push(block.mean(axis=0))
+        # The speech answers the oldest input first (the filter's lag is taken out).
+        held = self._unanswered.shape[1]
+        self._measure(self._unanswered[:, :speech.size], speech[:held])
+        if speech.size > held:
+            self._measure(block[:, :speech.size - held], speech[held:])
+        if speech.size >= held:
+            self._unanswered = block[:, speech.size - held:].copy()
+        else:
+            self._unanswered = np.concatenate([self._unanswered[:, speech.size:], block],
+                                              axis=1)
+        return self._centre(speech)
 
     def flush(self) -> np.ndarray:
         emitted = self._emitted
         if self._each:
             return self._out([f.flush(emitted) for f in self._filters])
-        return self._centre(self._filters[0].flush(emitted), final=True)
+        speech = self._filters[0].flush(emitted)
+        self._measure(self._unanswered[:, :speech.size], speech)
+        self._unanswered = self._unanswered[:, speech.size:]
+        if self._filled:
+            self._windows.append((self._energy, self._dots))
+        return self._centre(speech)
 
     def _out(self, outs: list[np.ndarray]) -> np.ndarray:
         n = min(o.size for o in outs)
         self._emitted += n
         return np.stack([o[:n] for o in outs])
 
-    def _centre(self, speech: np.ndarray, final: bool = False) -> np.ndarray:
-        """The speech in every channel; each whole second of it (the last part one at the
-        end) measured against the channels."""
+    def _centre(self, speech: np.ndarray) -> np.ndarray:
+        """The speech as every channel's dialogue (a view, not a copy per channel)."""
         self._emitted += speech.size
-        self._pending = np.concatenate([self._pending, speech])
-        size = (self._pending.size if final
-                else self._pending.size // self.WINDOW * self.WINDOW)
-        for at in range(0, size, self.WINDOW):
-            s = self._pending[at:at + self.WINDOW].astype(np.float64)
-            self._windows.append((float(s @ s), self._input[:, at:at + s.size] @ s))
-        self._pending, self._input = self._pending[size:], self._input[:, size:]
-        return np.repeat(speech[None, :], self._channels, axis=0)
+        return np.broadcast_to(speech, (self._channels, speech.size))
+
+    def _measure(self, x: np.ndarray, speech: np.ndarray) -> None:
+        """Add input ``x`` and the filter's ``speech`` for it to the sums of the seconds
+        they fall in (seconds counted from the first sample)."""
+        at = 0
+        while at < speech.size:
+            n = min(speech.size - at, self.WINDOW - self._filled)
+            s = speech[at:at + n]
+            self._energy += float(np.dot(s, s))
+            self._dots = self._dots + x[:, at:at + n] @ s
+            self._filled += n
+            at += n
+            if self._filled == self.WINDOW:
+                self._windows.append((self._energy, self._dots))
+                self._filled, self._energy, self._dots = 0, 0.0, np.zeros(self._channels)
 
     def close(self) -> None:
         for f in self._filters:

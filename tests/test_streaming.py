@@ -137,6 +137,19 @@ def test_deepfilternet_stream_is_exact_and_in_time() -> None:
         assert abs(list(lags)[int(np.argmax(corr))]) <= 40
 
 
+@pytest.mark.models
+def test_deepfilternet_does_not_call_silence_off_centre() -> None:
+    """A master with no speech (faint noise, different in each channel) is separated once:
+    its filter output is below the floor of what counts as speech."""
+    from engines.separate import DeepFilterSeparator
+
+    noise = (1e-4 * np.random.default_rng(5).standard_normal((2, 3 * RATE))).astype(np.float32)
+    with DeepFilterSeparator().stream(2) as stream:
+        stream.push(noise)
+        stream.flush()
+        assert not stream.off_centre
+
+
 # ---- the stages on a long input, with the memory they hold -----------------------------------
 
 SECONDS = 60.0

@@ -52,7 +52,8 @@ def kokoro(models: Path) -> Path:
 
     cache = models / "kokoro"
     # Constructing the engine assembles Kokoro's ONNX file into the cache (via
-    # KOKORO_JA_CACHE) and loads it once, which also checks that it opens.
+    # KOKORO_JA_CACHE), writes its float-vocoder rewrite there and loads it once, which
+    # also checks that it opens.
     KokoroEngine(cache, threads=1)
     return cache
 

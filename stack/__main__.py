@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dubcore.contracts import STAGES
 from dubcore.settings import Settings, get_settings
 from stack import devserver
 from stack.admin import ensure_demo_key
@@ -303,6 +304,21 @@ def main() -> None:
         sys.stdout.write(f"Demo tenant API key in {data_dir / 'demo-api-key'}; operator "
                          f"token (X-Admin-Token) in {data_dir / 'secrets' / 'admin-token'}\n")
         if not args.no_demo:
+            # The demo is the first job a new user sees: it starts once every stage's queue
+            # has a worker polling, i.e. once the workers have loaded and warmed their models
+            # (it would wait in the queue meanwhile).
+            overrides = json.loads(env.get("DUB_TASK_QUEUE_OVERRIDES", "{}"))
+            queues = sorted({overrides.get(stage.value, settings.task_queue(stage))
+                             for stage in STAGES})
+            sys.stdout.write("Waiting for the workers to load and warm their models ...\n")
+            started = time.monotonic()
+            missing = devserver.wait_pollers(env["DUB_TEMPORAL_ADDRESS"], cfg.namespace, queues,
+                                             lambda: supervisor.failure)
+            if missing:
+                sys.stdout.write(f"No worker polls {', '.join(missing)} yet (see {logs}); "
+                                 "the demo job waits for one.\n")
+            else:
+                sys.stdout.write(f"Workers ready in {time.monotonic() - started:.1f} s.\n")
             run_demo(api_url, api_key, args.sample, args.target, data_dir / "out",
                      env["DUB_TEMPORAL_UI_URL"])
         if not args.demo_only:

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_pollers(address: str, namespace: str, queues: Sequence[str],
+                 failure: Callable[[], str | None] = lambda: None,
+                 timeout_s: float = 300) -> list[str]:
+    """Wait until a worker polls each activity task queue in ``queues`` (a worker polls
+    once it has loaded and warmed its models); fail at once if ``failure`` says something
+    (a supervisor that gave up). Returns the queues still without a poller when
+    ``timeout_s`` passed."""
+    import asyncio
+
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+    from temporalio.client import Client
+
+    async def unpolled(client: Client) -> list[str]:
+        missing = []
+        for queue in queues:
+            got = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+                namespace=namespace, task_queue=TaskQueue(name=queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY))
+            if not got.pollers:
+                missing.append(queue)
+        return missing
+
+    async def wait() -> list[str]:
+        client = await Client.connect(address, namespace=namespace)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if (why := failure()) is not None:
+                raise RuntimeError(why)
+            missing = await unpolled(client)
+            if not missing or time.monotonic() > deadline:
+                return missing
+            await asyncio.sleep(0.5)
+
+    return asyncio.run(wait())
 
 
 def wait_http(url: str, procs: Sequence[subprocess.Popen[bytes]] = (),
